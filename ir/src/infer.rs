@@ -63,6 +63,7 @@ pub fn infer(op: &Op, args: &[&TensorType]) -> Result<TensorType, String> {
             Ok(a.clone())
         }
         Op::Cast(d) => Ok(TensorType::new(*d, args[0].shape.clone())),
+        Op::Detach => Ok(args[0].clone()),
         Op::Reduce { op, axes } => {
             let a = args[0];
             if !a.dtype.is_numeric() {

@@ -152,6 +152,9 @@ pub enum Op {
     Where,
     /// Element type conversion (PyTorch's `.to(dtype)` semantics).
     Cast(DType),
+    /// Identity in value; gradients do not flow through it (PyTorch's `.detach()`, JAX's
+    /// `stop_gradient`). Autodiff gives its operand no gradient; the interpreter copies.
+    Detach,
     /// Reduction over `axes` (sorted, unique), keeping them with size 1.
     Reduce {
         op: ReduceOp,
@@ -227,6 +230,7 @@ impl Op {
             },
             Op::Where => "where",
             Op::Cast(_) => "cast",
+            Op::Detach => "detach",
             Op::Reduce {
                 op: ReduceOp::Sum, ..
             } => "reduce_sum",
@@ -253,7 +257,7 @@ impl Op {
             Op::Unary(_) | Op::Cast(_) | Op::Reduce { .. } | Op::Reshape(_) | Op::Permute(_) => {
                 Some(1)
             }
-            Op::Expand(_) | Op::Slice(_) | Op::Pad { .. } => Some(1),
+            Op::Expand(_) | Op::Slice(_) | Op::Pad { .. } | Op::Detach => Some(1),
             Op::Binary(_) | Op::Compare(_) | Op::MatMul => Some(2),
             Op::Conv(_) | Op::ConvTranspose(_) | Op::ConvWeight { .. } => Some(2),
             Op::Where => Some(3),

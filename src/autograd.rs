@@ -1,0 +1,214 @@
+//! Autograd front end: grad mode, `backward`, `.grad`, `detach`.
+//!
+//! `backward` lowers the DAG below the loss with the leaves that require grad as `param`
+//! nodes, asks `kiln_ir::autodiff` for the gradient nodes (the backward pass is ordinary IR,
+//! see [`backward_graph`]), executes forward and backward as one graph and accumulates the
+//! results into the leaves' `.grad`, as PyTorch does.
+
+use crate::error::{Error, Result};
+use crate::lower::{execute, lower};
+use crate::tensor::Tensor;
+use kiln_ir::{autodiff, Graph, Literal, NodeId, Op, TensorType};
+use std::cell::Cell;
+use std::sync::Arc;
+
+thread_local! {
+    static NO_GRAD_DEPTH: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Whether ops record gradient history on this thread (`torch.is_grad_enabled()`).
+pub fn is_grad_enabled() -> bool {
+    NO_GRAD_DEPTH.with(|d| d.get() == 0)
+}
+
+/// Disables gradient recording until dropped (`with torch.no_grad():`).
+pub struct NoGradGuard(());
+
+impl NoGradGuard {
+    pub fn new() -> NoGradGuard {
+        NO_GRAD_DEPTH.with(|d| d.set(d.get() + 1));
+        NoGradGuard(())
+    }
+}
+
+impl Default for NoGradGuard {
+    fn default() -> Self {
+        NoGradGuard::new()
+    }
+}
+
+impl Drop for NoGradGuard {
+    fn drop(&mut self) {
+        NO_GRAD_DEPTH.with(|d| d.set(d.get() - 1));
+    }
+}
+
+/// Runs `f` with gradient recording disabled.
+pub fn no_grad<R>(f: impl FnOnce() -> R) -> R {
+    let _g = NoGradGuard::new();
+    f()
+}
+
+/// The graph `backward` runs for `loss` (seeded with ones): forward and backward nodes, with
+/// outputs `loss` and `grad.<param>` for each leaf requiring grad. For IR dumps.
+pub fn backward_graph(loss: &Tensor) -> Result<Graph> {
+    let (lw, grads) = build_backward(loss, None)?;
+    let mut g = lw.graph;
+    g.set_output("loss", lw.node_of[&loss.id()]);
+    for ((_, t), gnode) in lw.params.iter().zip(grads) {
+        if let Some(n) = gnode {
+            let name = match &g.node(lw.node_of[&t.id()]).op {
+                Op::Param { name, .. } => name.clone(),
+                _ => unreachable!("params are param nodes"),
+            };
+            g.set_output(format!("grad.{name}"), n);
+        }
+    }
+    Ok(g)
+}
+
+fn build_backward(root: &Tensor, seed: Option<&Tensor>) -> Result<(crate::lower::Lowered, Vec<Option<NodeId>>)> {
+    let mut lw = lower(std::slice::from_ref(root), true)?;
+    let out = lw.node_of[&root.id()];
+    let seed_node = match seed {
+        None => lw.graph.full(1.0, root.ty().clone())?,
+        Some(s) => {
+            let v = s.literal()?;
+            let n = lw.graph.input("grad_output", TensorType::new(root.dtype(), root.shape().to_vec()))?;
+            lw.bound.push((n, v));
+            n
+        }
+    };
+    let wrt: Vec<NodeId> = lw.params.iter().map(|(n, _)| *n).collect();
+    let grads = autodiff::grad(&mut lw.graph, &[(out, seed_node)], &wrt)?;
+    Ok((lw, grads))
+}
+
+impl Tensor {
+    /// Returns a leaf sharing this tensor's storage with `requires_grad` set
+    /// (`x.requires_grad_()` on a tensor made from data).
+    #[track_caller]
+    pub fn requires_grad_(self, requires_grad: bool) -> Tensor {
+        self.try_requires_grad_(requires_grad).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[track_caller]
+    pub fn try_requires_grad_(self, requires_grad: bool) -> Result<Tensor> {
+        if !self.is_leaf() {
+            return Err(Error::Autograd(
+                "requires_grad_ can only be set on leaf tensors (made from data); use .detach() first".into(),
+            ));
+        }
+        if requires_grad && !self.dtype().is_float() {
+            return Err(Error::Autograd(format!("only float tensors can require grad, this one is {}", self.dtype())));
+        }
+        if self.requires_grad() == requires_grad {
+            return Ok(self);
+        }
+        let t = Tensor::leaf_with_storage(self.0.storage.clone(), self.ty().clone(), requires_grad, self.loc().clone());
+        if let Some(n) = self.name() {
+            t.set_name(n);
+        }
+        Ok(t)
+    }
+
+    /// The same value, cut from the gradient history (`.detach()`). A realised tensor gives a
+    /// leaf sharing its storage (an in-place change through one is seen through the other, as
+    /// in PyTorch); an unrealised one gives a `detach` node, so nothing is computed early.
+    #[track_caller]
+    pub fn detach(&self) -> Tensor {
+        if self.is_realized() {
+            return Tensor::leaf_with_storage(self.0.storage.clone(), self.ty().clone(), false, self.loc().clone());
+        }
+        let _g = NoGradGuard::new();
+        Tensor::apply(Op::Detach, vec![self.clone()], Some("Detach")).expect("detach accepts any tensor")
+    }
+
+    /// The accumulated gradient (`.grad`), `None` before any backward or after `zero_grad`.
+    pub fn grad(&self) -> Option<Tensor> {
+        self.0.grad.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Clears the gradient (`.grad = None`, PyTorch's `zero_grad(set_to_none=True)`).
+    pub fn zero_grad(&self) {
+        *self.0.grad.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// Sets the gradient (an optimiser's input; mostly for tests).
+    pub fn set_grad(&self, g: Option<Tensor>) {
+        *self.0.grad.lock().unwrap_or_else(|p| p.into_inner()) = g;
+    }
+
+    /// Computes the gradient of this scalar with respect to every leaf that requires grad and
+    /// adds it to their `.grad` (`loss.backward()`).
+    #[track_caller]
+    pub fn backward(&self) {
+        self.try_backward(None).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// `backward` with an explicit output gradient (`out.backward(gradient)`); `None` needs a
+    /// one-element tensor.
+    pub fn try_backward(&self, gradient: Option<&Tensor>) -> Result<()> {
+        if !self.requires_grad() {
+            return Err(Error::Autograd(
+                "element 0 of tensors does not require grad and does not have a grad_fn".into(),
+            ));
+        }
+        match gradient {
+            None if self.numel() != 1 => {
+                return Err(Error::Autograd(format!(
+                    "grad can be implicitly created only for scalar outputs, this tensor has shape {:?}",
+                    self.shape()
+                )))
+            }
+            Some(g) if g.shape() != self.shape() => {
+                return Err(Error::Autograd(format!(
+                    "gradient of shape {:?} given for an output of shape {:?}",
+                    g.shape(),
+                    self.shape()
+                )))
+            }
+            _ => {}
+        }
+        let (mut lw, grads) = build_backward(self, gradient)?;
+        // The output's value is computed anyway: keep it, so `loss.item()` after an optimiser
+        // step still reports the loss the gradients were taken at.
+        let root = lw.node_of[&self.id()];
+        let mut wanted = vec![root];
+        let mut targets = Vec::new();
+        for ((_, leaf), g) in lw.params.iter().zip(&grads) {
+            if let Some(g) = g {
+                wanted.push(*g);
+                targets.push(leaf.clone());
+            }
+        }
+        lw.graph.set_output("output", root);
+        for (i, &w) in wanted[1..].iter().enumerate() {
+            lw.graph.set_output(format!("grad{i}"), w);
+        }
+        let mut values = execute(&lw, &wanted)?.into_iter();
+        let root_value = values.next().expect("the root was requested");
+        if !self.is_realized() {
+            crate::lower::store(self, root_value);
+        }
+        let _ng = NoGradGuard::new();
+        for (leaf, v) in targets.iter().zip(values) {
+            accumulate(leaf, v)?;
+        }
+        Ok(())
+    }
+}
+
+fn accumulate(leaf: &Tensor, v: Literal) -> Result<()> {
+    let mut slot = leaf.0.grad.lock().unwrap_or_else(|p| p.into_inner());
+    let new = match slot.take() {
+        None => Tensor::leaf(v, false, leaf.loc().clone()),
+        Some(old) => {
+            let sum = &old + &Tensor::leaf(v, false, leaf.loc().clone());
+            let lit = sum.literal()?;
+            Tensor::leaf(Arc::unwrap_or_clone(lit), false, leaf.loc().clone())
+        }
+    };
+    *slot = Some(new);
+    Ok(())
+}

@@ -1,0 +1,413 @@
+//! The traced tensor handle.
+//!
+//! A [`Tensor`] is a node of a lazy expression DAG: its op (from the IR's [`Op`] set), its
+//! operands, its type and the user's line that made it. Creating tensors from data gives
+//! *realised* leaves; every op gives an unrealised node. Realisation (printing, [`Tensor::item`],
+//! [`Tensor::to_vec`]) lowers the DAG below the requested tensors into a [`kiln_ir::Graph`]
+//! (realised tensors become bound inputs) and executes it; [`Tensor::backward`] lowers the
+//! same DAG, differentiates the graph symbolically and executes forward and backward as one
+//! program.
+
+use crate::error::{Error, Result};
+use crate::random::{self, Generator};
+use kiln_ir::{DType, Data, Literal, Loc, Op, TensorType};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A realised value shared by a tensor and its detached aliases (`.detach()`, `.data()`), so
+/// that an in-place update through one is seen through the others, as in PyTorch.
+pub(crate) type Storage = Arc<RwLock<Option<Arc<Literal>>>>;
+
+pub(crate) struct Inner {
+    pub id: u64,
+    pub op: Op,
+    /// Operands; cleared once the tensor is realised if no gradient can flow through it.
+    pub inputs: RwLock<Vec<Tensor>>,
+    /// The values of the operands that were already realised when this node was recorded.
+    /// Lowering binds these, not the operands' current values, so an in-place update made
+    /// after this op was recorded does not change its result: eager semantics, lazily.
+    pub snaps: RwLock<Vec<Option<Arc<Literal>>>>,
+    pub ty: TensorType,
+    pub loc: Loc,
+    pub requires_grad: bool,
+    /// What made the tensor, for `grad_fn` (the composite's name, e.g. `Mean`, else the op's).
+    pub label: Option<&'static str>,
+    pub storage: Storage,
+    pub grad: Mutex<Option<Tensor>>,
+    /// A name used for the tensor's input in lowered graphs (e.g. `conv1.weight`).
+    pub name: Mutex<Option<String>>,
+}
+
+/// A tensor: a cheap, thread-safe handle (`Clone` shares it) to a node of the traced program.
+#[derive(Clone)]
+pub struct Tensor(pub(crate) Arc<Inner>);
+
+/// Rust element types that map to a [`DType`].
+pub trait Element: Copy + Send + Sync + 'static {
+    const DTYPE: DType;
+    fn slice(d: &Data) -> Option<&[Self]>;
+    fn slice_mut(d: &mut Data) -> Option<&mut [Self]>;
+    fn into_data(v: Vec<Self>) -> Data;
+    fn from_data(d: &Data) -> Vec<Self>;
+}
+
+macro_rules! element {
+    ($t:ty, $dt:ident) => {
+        impl Element for $t {
+            const DTYPE: DType = DType::$dt;
+            fn slice(d: &Data) -> Option<&[Self]> {
+                match d {
+                    Data::$dt(v) => Some(v),
+                    _ => None,
+                }
+            }
+            fn slice_mut(d: &mut Data) -> Option<&mut [Self]> {
+                match d {
+                    Data::$dt(v) => Some(v),
+                    _ => None,
+                }
+            }
+            fn into_data(v: Vec<Self>) -> Data {
+                Data::$dt(v)
+            }
+            fn from_data(d: &Data) -> Vec<Self> {
+                match d.cast(DType::$dt) {
+                    Data::$dt(v) => v,
+                    _ => unreachable!("Data::cast returns the requested dtype"),
+                }
+            }
+        }
+    };
+}
+element!(f32, F32);
+element!(f64, F64);
+element!(i64, I64);
+element!(bool, Bool);
+
+impl Tensor {
+    // ----- construction ---------------------------------------------------------------------
+
+    /// A node of the traced program. `requires_grad` follows PyTorch: true when any operand
+    /// requires grad and grad mode is on.
+    pub(crate) fn from_op(op: Op, inputs: Vec<Tensor>, ty: TensorType, loc: Loc, label: Option<&'static str>) -> Tensor {
+        let requires_grad = crate::autograd::is_grad_enabled() && inputs.iter().any(|t| t.requires_grad());
+        let snaps = inputs.iter().map(|t| t.0.storage.read().ok().and_then(|s| s.clone())).collect();
+        Tensor(Arc::new(Inner {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            op,
+            inputs: RwLock::new(inputs),
+            snaps: RwLock::new(snaps),
+            ty,
+            loc,
+            requires_grad,
+            label,
+            storage: Arc::new(RwLock::new(None)),
+            grad: Mutex::new(None),
+            name: Mutex::new(None),
+        }))
+    }
+
+    /// A realised leaf holding `lit`.
+    pub(crate) fn leaf(lit: Literal, requires_grad: bool, loc: Loc) -> Tensor {
+        let ty = lit.ty();
+        Tensor::leaf_with_storage(Arc::new(RwLock::new(Some(Arc::new(lit)))), ty, requires_grad, loc)
+    }
+
+    pub(crate) fn leaf_with_storage(storage: Storage, ty: TensorType, requires_grad: bool, loc: Loc) -> Tensor {
+        Tensor(Arc::new(Inner {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            op: Op::Input { name: String::new(), ty: ty.clone() },
+            inputs: RwLock::new(Vec::new()),
+            snaps: RwLock::new(Vec::new()),
+            ty,
+            loc,
+            requires_grad,
+            label: None,
+            storage,
+            grad: Mutex::new(None),
+            name: Mutex::new(None),
+        }))
+    }
+
+    /// A tensor from a literal (shape and data), realised on the CPU.
+    #[track_caller]
+    pub fn from_literal(lit: Literal) -> Tensor {
+        Tensor::leaf(lit, false, Loc::caller())
+    }
+
+    /// A tensor of the given shape from a vector in row-major order.
+    #[track_caller]
+    pub fn from_vec<T: Element>(data: Vec<T>, shape: impl Into<Vec<usize>>) -> Tensor {
+        Tensor::try_from_vec(data, shape).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[track_caller]
+    pub fn try_from_vec<T: Element>(data: Vec<T>, shape: impl Into<Vec<usize>>) -> Result<Tensor> {
+        let lit = Literal::new(shape, T::into_data(data)).map_err(|m| Error::shape("from_vec", m))?;
+        Ok(Tensor::leaf(lit, false, Loc::caller()))
+    }
+
+    /// A 1-D tensor copied from a slice.
+    #[track_caller]
+    pub fn from_slice<T: Element>(data: &[T]) -> Tensor {
+        Tensor::from_vec(data.to_vec(), [data.len()])
+    }
+
+    /// A 0-d tensor.
+    #[track_caller]
+    pub fn scalar<T: Element>(v: T) -> Tensor {
+        Tensor::from_vec(vec![v], [])
+    }
+
+    /// A tensor of `dtype` filled with `value` (`torch.full`).
+    #[track_caller]
+    pub fn full(shape: impl Into<Vec<usize>>, value: f64, dtype: DType) -> Tensor {
+        Tensor::from_literal(Literal::splat(&TensorType::new(dtype, shape), value))
+    }
+
+    /// f32 zeros (`torch.zeros`).
+    #[track_caller]
+    pub fn zeros(shape: impl Into<Vec<usize>>) -> Tensor {
+        Tensor::full(shape, 0.0, DType::F32)
+    }
+
+    /// f32 ones (`torch.ones`).
+    #[track_caller]
+    pub fn ones(shape: impl Into<Vec<usize>>) -> Tensor {
+        Tensor::full(shape, 1.0, DType::F32)
+    }
+
+    #[track_caller]
+    pub fn zeros_like(&self) -> Tensor {
+        Tensor::full(self.shape().to_vec(), 0.0, self.dtype())
+    }
+
+    #[track_caller]
+    pub fn ones_like(&self) -> Tensor {
+        Tensor::full(self.shape().to_vec(), 1.0, self.dtype())
+    }
+
+    #[track_caller]
+    pub fn full_like(&self, value: f64) -> Tensor {
+        Tensor::full(self.shape().to_vec(), value, self.dtype())
+    }
+
+    /// `start, start+step, ...` below `end` (`torch.arange`), as f32 unless `dtype` says
+    /// otherwise.
+    #[track_caller]
+    pub fn arange(start: f64, end: f64, step: f64, dtype: DType) -> Tensor {
+        assert!(step != 0.0, "arange: step must be nonzero");
+        let n = ((end - start) / step).ceil().max(0.0) as usize;
+        let vals: Vec<f64> = (0..n).map(|i| start + i as f64 * step).collect();
+        Tensor::from_literal(Literal::from_f64([n], dtype, &vals))
+    }
+
+    /// Uniform samples in [0, 1) from `generator` (`torch.rand(..., generator=g)`).
+    #[track_caller]
+    pub fn rand_with(shape: impl Into<Vec<usize>>, dtype: DType, generator: &mut Generator) -> Tensor {
+        let shape = shape.into();
+        let n = kiln_ir::shape::numel(&shape);
+        let data = match dtype {
+            DType::F64 => Data::F64((0..n).map(|_| generator.uniform_f64()).collect()),
+            _ => Data::F32((0..n).map(|_| generator.uniform_f32()).collect()).cast(dtype),
+        };
+        Tensor::leaf(Literal { shape, data }, false, Loc::caller())
+    }
+
+    /// Standard normal samples from `generator` (`torch.randn(..., generator=g)`).
+    #[track_caller]
+    pub fn randn_with(shape: impl Into<Vec<usize>>, dtype: DType, generator: &mut Generator) -> Tensor {
+        let shape = shape.into();
+        let n = kiln_ir::shape::numel(&shape);
+        let vals: Vec<f64> = (0..n).map(|_| generator.normal()).collect();
+        Tensor::leaf(Literal::from_f64(shape, dtype, &vals), false, Loc::caller())
+    }
+
+    /// f32 uniform samples in [0, 1) from this thread's default generator (see
+    /// [`crate::manual_seed`]).
+    #[track_caller]
+    pub fn rand(shape: impl Into<Vec<usize>>) -> Tensor {
+        let loc = Loc::caller();
+        let t = random::with_default(|g| Tensor::rand_with(shape, DType::F32, g));
+        t.relocated(loc)
+    }
+
+    /// f32 standard normal samples from this thread's default generator.
+    #[track_caller]
+    pub fn randn(shape: impl Into<Vec<usize>>) -> Tensor {
+        let loc = Loc::caller();
+        let t = random::with_default(|g| Tensor::randn_with(shape, DType::F32, g));
+        t.relocated(loc)
+    }
+
+    /// Integers uniform in `[low, high)` as i64 (`torch.randint`).
+    #[track_caller]
+    pub fn randint_with(low: i64, high: i64, shape: impl Into<Vec<usize>>, generator: &mut Generator) -> Tensor {
+        assert!(high > low, "randint: empty range {low}..{high}");
+        let shape = shape.into();
+        let n = kiln_ir::shape::numel(&shape);
+        let v: Vec<i64> = (0..n).map(|_| low + generator.below((high - low) as u64) as i64).collect();
+        Tensor::leaf(Literal { shape, data: Data::I64(v) }, false, Loc::caller())
+    }
+
+    fn relocated(self, loc: Loc) -> Tensor {
+        let lit = self.literal().expect("fresh random tensors are realised");
+        Tensor::leaf(Arc::unwrap_or_clone(lit), false, loc)
+    }
+
+    // ----- properties -----------------------------------------------------------------------
+
+    pub fn shape(&self) -> &[usize] {
+        &self.0.ty.shape
+    }
+
+    /// Size of axis `dim` (negative counts from the end).
+    #[track_caller]
+    pub fn size(&self, dim: isize) -> usize {
+        let d = crate::ops::norm_dim(dim, self.ndim()).unwrap_or_else(|e| panic!("{e}"));
+        self.shape()[d]
+    }
+
+    pub fn ndim(&self) -> usize {
+        self.0.ty.shape.len()
+    }
+
+    pub fn numel(&self) -> usize {
+        self.0.ty.numel()
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.0.ty.dtype
+    }
+
+    pub fn ty(&self) -> &TensorType {
+        &self.0.ty
+    }
+
+    /// Tensors live on the CPU in this build.
+    pub fn device(&self) -> crate::Device {
+        crate::Device::Cpu
+    }
+
+    /// The line of the user's program that created this tensor.
+    pub fn loc(&self) -> &Loc {
+        &self.0.loc
+    }
+
+    /// A unique id (stable for the tensor's lifetime).
+    pub fn id(&self) -> u64 {
+        self.0.id
+    }
+
+    /// The IR op that computes this tensor (`input` for a leaf).
+    pub fn op(&self) -> &Op {
+        &self.0.op
+    }
+
+    /// Whether this is a leaf (made from data, not by an op).
+    pub fn is_leaf(&self) -> bool {
+        matches!(self.0.op, Op::Input { .. })
+    }
+
+    pub fn requires_grad(&self) -> bool {
+        self.0.requires_grad
+    }
+
+    /// Whether the value has been computed.
+    pub fn is_realized(&self) -> bool {
+        self.0.storage.read().map(|s| s.is_some()).unwrap_or(false)
+    }
+
+    /// Names the tensor; lowered graphs and IR dumps use the name for its input.
+    pub fn set_name(&self, name: impl Into<String>) {
+        *self.0.name.lock().unwrap_or_else(|p| p.into_inner()) = Some(name.into());
+    }
+
+    pub fn name(&self) -> Option<String> {
+        self.0.name.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub(crate) fn inputs(&self) -> Vec<Tensor> {
+        self.0.inputs.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Operand values captured when this node was recorded (see `Inner::snaps`).
+    pub(crate) fn snapshots(&self) -> Vec<Option<Arc<Literal>>> {
+        self.0.snaps.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// PyTorch's `grad_fn` name (`AddBackward0`, `MeanBackward0`, ...), `None` for tensors
+    /// that do not require grad and for leaves.
+    pub fn grad_fn(&self) -> Option<String> {
+        if !self.requires_grad() || self.is_leaf() {
+            return None;
+        }
+        let base = match self.0.label {
+            Some(l) => l.to_string(),
+            None => {
+                let n = self.0.op.name();
+                let mut c = n.chars();
+                match c.next() {
+                    Some(f) => f.to_uppercase().chain(c).collect::<String>().replace('_', ""),
+                    None => String::new(),
+                }
+            }
+        };
+        Some(format!("{base}Backward0"))
+    }
+
+    /// The realised value (realising it first).
+    pub fn literal(&self) -> Result<Arc<Literal>> {
+        self.realize()?;
+        let s = self.0.storage.read().map_err(|_| Error::Borrow("storage lock poisoned".into()))?;
+        Ok(s.clone().expect("realize() stores a value"))
+    }
+
+    /// Computes the value if it is not yet computed.
+    pub fn realize(&self) -> Result<()> {
+        if self.is_realized() {
+            return Ok(());
+        }
+        crate::lower::realize(std::slice::from_ref(self))
+    }
+
+    /// The single value of a one-element tensor, as f64 (`.item()`).
+    #[track_caller]
+    pub fn item(&self) -> f64 {
+        self.try_item().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[track_caller]
+    pub fn try_item(&self) -> Result<f64> {
+        if self.numel() != 1 {
+            return Err(Error::shape(
+                "item",
+                format!("only one-element tensors can be converted to a scalar, got shape {:?}", self.shape()),
+            ));
+        }
+        Ok(self.literal()?.data.get_f64(0))
+    }
+
+    /// The values in row-major order, converted to `T`.
+    #[track_caller]
+    pub fn to_vec<T: Element>(&self) -> Vec<T> {
+        self.try_to_vec().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    pub fn try_to_vec<T: Element>(&self) -> Result<Vec<T>> {
+        let lit = self.literal()?;
+        Ok(match T::slice(&lit.data) {
+            Some(s) => s.to_vec(),
+            None => T::from_data(&lit.data),
+        })
+    }
+
+    /// Moves the tensor to `device` (`.to(device)`): the same tensor for the CPU; an error for a
+    /// device this build cannot use.
+    pub fn to_device(&self, device: crate::Device) -> Result<Tensor> {
+        device.check()?;
+        Ok(self.clone())
+    }
+}
