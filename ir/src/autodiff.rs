@@ -2,13 +2,13 @@
 //!
 //! [`grad`] walks, in reverse topological order, the nodes that lie on a path from a node of
 //! `wrt` to a seeded output, and applies to each the vector-Jacobian product of its op: the
-//! rule table [`vjp`], one exhaustive `match` over [`Op`] (as in tinygrad), so a new op cannot
+//! rule table `vjp`, one exhaustive `match` over [`Op`] (as in tinygrad), so a new op cannot
 //! be added without saying how it differentiates. A node used several times receives one
 //! contribution per use; they are summed with `add` when the walk reaches the node.
 //!
 //! Conventions, all PyTorch's:
 //! - only float-typed nodes carry gradients: comparisons, casts to integer or bool types and
-//!   the condition of `where` stop them;
+//!   the condition of `where` stop them, and so does `detach` (by definition);
 //! - a `wrt` node the outputs do not depend on (or depend on only through such ops) gets
 //!   `None`, PyTorch's `None` grad, rather than a tensor of zeros;
 //! - at non-differentiable points the subgradient PyTorch picks: `abs'(0) = 0`, ties of

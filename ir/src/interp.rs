@@ -723,7 +723,7 @@ fn matmul(a: &Literal, b: &Literal, ty: &TensorType) -> Result<Data> {
 ///   size, which includes `output_padding`, comes from the node's type);
 /// - `conv_weight(x, dy)`: `X = x`, `Y = dy`, result `W` (the adjoint in the weight).
 ///
-/// So each op's correctness is that of one enumeration of terms, [`conv_terms`], and the
+/// So each op's correctness is that of one enumeration of terms, [`conv_runs`], and the
 /// adjoint identities hold by construction.
 struct ConvGeom<'a> {
     batch: usize,
@@ -735,48 +735,102 @@ struct ConvGeom<'a> {
     params: &'a ConvParams,
 }
 
-/// Calls `term(xi, yi, wi)` with the flat offsets into `X`, `Y` and `W` of every term of the
-/// convolution relation (see [`ConvGeom`]).
+/// Terms of the convolution relation that share one weight element and lie at consecutive
+/// output positions along the last spatial axis: term `t` in `0..len` multiplies
+/// `X[x0 + t * x_step]`, `W[w]` and `Y[y0 + t]` (flat offsets).
 ///
-/// Loop order: output position, kernel position (the input position and its bounds check are
-/// computed once per pair), then batch, group, output channel, input channel.
-fn conv_terms(geom: &ConvGeom, mut term: impl FnMut(usize, usize, usize)) {
+/// Grouping terms this way only amortises the index arithmetic over a contiguous inner loop;
+/// the set of terms is exactly the one of the definition.
+struct Run {
+    x0: usize,
+    x_step: usize,
+    y0: usize,
+    w: usize,
+    len: usize,
+}
+
+impl Run {
+    /// The `(X offset, Y offset)` of each term.
+    fn terms(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        (0..self.len).map(move |t| (self.x0 + t * self.x_step, self.y0 + t))
+    }
+}
+
+/// The output positions `o` in `0..y_len` whose input position `o*s + kd - p` lies in
+/// `[0, x_len)`, where `kd = k*d` is the tap's dilated offset.
+fn valid_outputs(y_len: usize, x_len: usize, s: usize, kd: usize, p: usize) -> (usize, usize) {
+    // o*s + kd >= p  <=>  o >= ceil((p - kd) / s)
+    let lo = if kd >= p { 0 } else { (p - kd).div_ceil(s) };
+    // o*s + kd - p < x_len  <=>  o*s < x_len + p - kd  <=>  o < ceil((x_len + p - kd) / s)
+    let hi = if x_len + p <= kd {
+        0
+    } else {
+        (x_len + p - kd).div_ceil(s)
+    };
+    (lo.min(y_len), hi.min(y_len))
+}
+
+/// Calls `f` with every term of the convolution relation (see [`ConvGeom`]), grouped in
+/// [`Run`]s along the last spatial axis.
+///
+/// Loop order: rows of output positions (all spatial axes but the last), kernel taps (the
+/// input position on the leading axes, its bounds check and the valid range on the last axis
+/// are computed once per pair), then batch, group, output channel, input channel.
+fn conv_runs(geom: &ConvGeom, mut f: impl FnMut(Run)) {
     let p = geom.params;
     let groups = p.groups;
     let nd = geom.kernel.len();
+    let Some(last) = nd.checked_sub(1) else {
+        return; // no spatial axis: rejected by `infer`
+    };
     let (x_sp, y_sp, k_sp) = (numel(geom.x_size), numel(geom.y_size), numel(geom.kernel));
     let (cx, cy) = (geom.x_channels, geom.y_channels);
     let (cxg, cyg) = (cx / groups, cy / groups);
     let x_strides = strides(geom.x_size);
-    // Multi-indices of all kernel positions, row-major (small: prod(kernel) * nd entries).
+    let (y_last, x_last) = (geom.y_size[last], geom.x_size[last]);
+    if y_last == 0 {
+        return;
+    }
+    // Multi-indices of all kernel taps, row-major (small: prod(kernel) * nd entries).
     let mut kernel_index = vec![0usize; k_sp * nd];
-    for (kf, idx) in kernel_index.chunks_exact_mut(nd.max(1)).enumerate() {
+    for (kf, idx) in kernel_index.chunks_exact_mut(nd).enumerate() {
         unravel(kf, geom.kernel, idx);
     }
-    let mut o = vec![0usize; nd];
-    for yf in 0..y_sp {
-        unravel(yf, geom.y_size, &mut o);
+    let mut o = vec![0usize; last];
+    for row in 0..y_sp / y_last {
+        unravel(row, &geom.y_size[..last], &mut o);
         'taps: for kf in 0..k_sp {
             let k = &kernel_index[kf * nd..][..nd];
-            // Input position o*s + k*d - p on every axis, or skip the tap (zero padding).
+            // Input position o*s + k*d - p on each leading axis, or skip the tap.
             let mut xf = 0;
-            for j in 0..nd {
+            for j in 0..last {
                 let t = o[j] * p.stride[j] + k[j] * p.dilation[j];
                 if t < p.padding[j] || t - p.padding[j] >= geom.x_size[j] {
                     continue 'taps;
                 }
                 xf += (t - p.padding[j]) * x_strides[j];
             }
+            // On the last axis, the output positions whose input is inside.
+            let (s, kd, pad) = (p.stride[last], k[last] * p.dilation[last], p.padding[last]);
+            let (lo, hi) = valid_outputs(y_last, x_last, s, kd, pad);
+            if lo >= hi {
+                continue;
+            }
+            xf += lo * s + kd - pad; // the input position of output `lo` (stride 1 axis)
+            let yf = row * y_last + lo;
             for n in 0..geom.batch {
                 for g in 0..groups {
                     for a in 0..cyg {
                         let co = g * cyg + a;
-                        let yi = (n * cy + co) * y_sp + yf;
                         for b in 0..cxg {
                             let ci = g * cxg + b;
-                            let xi = (n * cx + ci) * x_sp + xf;
-                            let wi = (co * cxg + b) * k_sp + kf;
-                            term(xi, yi, wi);
+                            f(Run {
+                                x0: (n * cx + ci) * x_sp + xf,
+                                x_step: s,
+                                y0: (n * cy + co) * y_sp + yf,
+                                w: (co * cxg + b) * k_sp + kf,
+                                len: hi - lo,
+                            });
                         }
                     }
                 }
@@ -798,7 +852,11 @@ fn conv(x: &Literal, w: &Literal, p: &ConvParams, ty: &TensorType) -> Result<Dat
     };
     let (xv, wv) = (as_f64(&x.data)?, as_f64(&w.data)?);
     let mut y = vec![0.0f64; ty.numel()];
-    conv_terms(&geom, |xi, yi, wi| y[yi] += xv[xi] * wv[wi]);
+    conv_runs(&geom, |r| {
+        for (xi, yi) in r.terms() {
+            y[yi] += xv[xi] * wv[r.w];
+        }
+    });
     from_f64(ty.dtype, y)
 }
 
@@ -816,7 +874,11 @@ fn conv_transpose(x: &Literal, w: &Literal, p: &ConvParams, ty: &TensorType) -> 
     };
     let (yv, wv) = (as_f64(&x.data)?, as_f64(&w.data)?);
     let mut out = vec![0.0f64; ty.numel()];
-    conv_terms(&geom, |xi, yi, wi| out[xi] += yv[yi] * wv[wi]);
+    conv_runs(&geom, |r| {
+        for (xi, yi) in r.terms() {
+            out[xi] += yv[yi] * wv[r.w];
+        }
+    });
     from_f64(ty.dtype, out)
 }
 
@@ -839,7 +901,10 @@ fn conv_weight(
     };
     let (xv, dyv) = (as_f64(&x.data)?, as_f64(&dy.data)?);
     let mut dw = vec![0.0f64; ty.numel()];
-    conv_terms(&geom, |xi, yi, wi| dw[wi] += xv[xi] * dyv[yi]);
+    conv_runs(&geom, |r| {
+        // (summing the run first only saves a load and store of `dw[r.w]` per term)
+        dw[r.w] += r.terms().map(|(xi, yi)| xv[xi] * dyv[yi]).sum::<f64>();
+    });
     from_f64(ty.dtype, dw)
 }
 
@@ -1642,6 +1707,26 @@ mod tests {
                 assert_close(&got[0].to_f64_vec(), &c.naive_conv(&xr, &wr), tol);
                 assert_close(&got[1].to_f64_vec(), &c.naive_transpose(&dyr, &wr), tol);
                 assert_close(&got[2].to_f64_vec(), &c.naive_weight(&xr, &dyr), tol);
+            }
+        }
+    }
+
+    #[test]
+    fn valid_output_range_matches_brute_force() {
+        for y_len in 0..7 {
+            for x_len in 0..9 {
+                for s in 1..4 {
+                    for kd in 0..7 {
+                        for p in 0..4 {
+                            let inside: Vec<usize> = (0..y_len)
+                                .filter(|&o| o * s + kd >= p && o * s + kd - p < x_len)
+                                .collect();
+                            let (lo, hi) = valid_outputs(y_len, x_len, s, kd, p);
+                            let got: Vec<usize> = (lo..hi).collect();
+                            assert_eq!(got, inside, "y {y_len} x {x_len} s {s} kd {kd} p {p}");
+                        }
+                    }
+                }
             }
         }
     }

@@ -39,7 +39,8 @@ use std::sync::Arc;
 /// that shape arithmetic on parsed graphs cannot overflow.
 pub const MAX_INT: usize = (1 << 31) - 1;
 
-/// Every op mnemonic the text format knows, in the order of [`Op`]'s variants.
+/// Every op mnemonic the text format knows, in the order of [`Op`]'s variants (keep in step
+/// with `template`, which maps each back to its op).
 pub const OP_NAMES: [&str; 40] = [
     "input",
     "param",
@@ -243,7 +244,17 @@ pub(crate) fn write_op(out: &mut String, graph: &Graph, id: NodeId, num: &HashMa
             write_conv(out, params);
             write_ints(out, "kernel", kernel);
         }
-        _ => {}
+        // No attributes (leaves print theirs above). Listed so that a new op must be added.
+        Op::Input { .. }
+        | Op::Param { .. }
+        | Op::Const(_)
+        | Op::Full { .. }
+        | Op::Unary(_)
+        | Op::Binary(_)
+        | Op::Compare(_)
+        | Op::Where
+        | Op::Detach
+        | Op::MatMul => {}
     }
     if let Some(ty) = own_ty {
         if ty != node.ty {

@@ -854,3 +854,42 @@ fn text_parser_rejects_arithmetic_extremes_without_panicking() {
         "`conv`",
     );
 }
+
+/// The examples in `docs/ir.md` stay accurate: every `text` block that holds a graph parses
+/// and is canonical, and the `dot` block is the export of the graph block before it.
+#[test]
+fn text_docs_examples_are_accurate() {
+    let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/ir.md"))
+        .unwrap();
+    let mut last_graph = None;
+    let (mut graphs, mut dots) = (0, 0);
+    let mut rest = doc.as_str();
+    while let Some(start) = rest.find("```") {
+        let after = &rest[start + 3..];
+        let lang_end = after.find('\n').unwrap();
+        let lang = &after[..lang_end];
+        let body_and_more = &after[lang_end + 1..];
+        let end = body_and_more.find("```").unwrap();
+        let body = &body_and_more[..end];
+        rest = &body_and_more[end + 3..];
+        if lang == "text" && body.contains("graph {") {
+            let g = parse(body).unwrap_or_else(|e| panic!("{e}\n{body}"));
+            let canonical: String = body
+                .lines()
+                .skip_while(|l| l.starts_with(';'))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            assert_eq!(print(&g), canonical);
+            last_graph = Some(g);
+            graphs += 1;
+        } else if lang == "dot" {
+            let g = last_graph.as_ref().expect("a dot block follows a graph");
+            assert_eq!(kiln_ir::dot::to_dot(g), body);
+            dots += 1;
+        }
+    }
+    assert!(
+        graphs >= 2 && dots == 1,
+        "{graphs} graphs, {dots} dot blocks"
+    );
+}
