@@ -26,10 +26,17 @@ fn main() -> kiln::Result<()> {
     println!("t = {t}");
     {
         let view = t.ndarray::<f32>()?;
-        println!("as ndarray: {} (same buffer: {})", view.view(), view.view().as_ptr() as usize == t.data_ptr().unwrap());
+        println!(
+            "as ndarray: {} (same buffer: {})",
+            view.view(),
+            view.view().as_ptr() as usize == t.data_ptr().unwrap()
+        );
     }
     t.add_(1.0)?; // in place, like t.add_(1)
-    println!("after t.add_(1): t = {t}, ndarray view = {}", t.ndarray::<f32>()?.view());
+    println!(
+        "after t.add_(1): t = {t}, ndarray view = {}",
+        t.ndarray::<f32>()?.view()
+    );
 
     cell("ndarray bridge: a tensor made from an ndarray keeps its buffer");
     let arr = ArrayD::<f64>::ones(ndarray::IxDyn(&[5]));
@@ -82,9 +89,20 @@ fn main() -> kiln::Result<()> {
 
     cell("Backprop");
     net.zero_grad();
-    println!("conv1.bias.grad before backward: {:?}", net.conv1.bias.as_ref().unwrap().grad().map(|g| g.to_string()));
+    println!(
+        "conv1.bias.grad before backward: {:?}",
+        net.conv1
+            .bias
+            .as_ref()
+            .unwrap()
+            .grad()
+            .map(|g| g.to_string())
+    );
     loss.backward();
-    println!("conv1.bias.grad after backward: {}", net.conv1.bias.as_ref().unwrap().grad().unwrap());
+    println!(
+        "conv1.bias.grad after backward: {}",
+        net.conv1.bias.as_ref().unwrap().grad().unwrap()
+    );
 
     cell("Update the weights by hand: weight = weight - learning_rate * gradient");
     let learning_rate = 0.01;
@@ -106,6 +124,10 @@ fn main() -> kiln::Result<()> {
     loss.backward();
     optimizer.step()?;
     let loss_after = F::mse_loss(&net.forward(&input), &target, Reduction::Mean);
-    println!("loss before the step: {:.6}, after: {:.6}", loss.item(), loss_after.item());
+    println!(
+        "loss before the step: {:.6}, after: {:.6}",
+        loss.item(),
+        loss_after.item()
+    );
     Ok(())
 }

@@ -67,14 +67,20 @@ pub fn backward_graph(loss: &Tensor) -> Result<Graph> {
     Ok(g)
 }
 
-fn build_backward(root: &Tensor, seed: Option<&Tensor>) -> Result<(crate::lower::Lowered, Vec<Option<NodeId>>)> {
+fn build_backward(
+    root: &Tensor,
+    seed: Option<&Tensor>,
+) -> Result<(crate::lower::Lowered, Vec<Option<NodeId>>)> {
     let mut lw = lower(std::slice::from_ref(root), true)?;
     let out = lw.node_of[&root.id()];
     let seed_node = match seed {
         None => lw.graph.full(1.0, root.ty().clone())?,
         Some(s) => {
             let v = s.literal()?;
-            let n = lw.graph.input("grad_output", TensorType::new(root.dtype(), root.shape().to_vec()))?;
+            let n = lw.graph.input(
+                "grad_output",
+                TensorType::new(root.dtype(), root.shape().to_vec()),
+            )?;
             lw.bound.push((n, v));
             n
         }
@@ -89,7 +95,8 @@ impl Tensor {
     /// (`x.requires_grad_()` on a tensor made from data).
     #[track_caller]
     pub fn requires_grad_(self, requires_grad: bool) -> Tensor {
-        self.try_requires_grad_(requires_grad).unwrap_or_else(|e| panic!("{e}"))
+        self.try_requires_grad_(requires_grad)
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     #[track_caller]
@@ -100,12 +107,20 @@ impl Tensor {
             ));
         }
         if requires_grad && !self.dtype().is_float() {
-            return Err(Error::Autograd(format!("only float tensors can require grad, this one is {}", self.dtype())));
+            return Err(Error::Autograd(format!(
+                "only float tensors can require grad, this one is {}",
+                self.dtype()
+            )));
         }
         if self.requires_grad() == requires_grad {
             return Ok(self);
         }
-        let t = Tensor::leaf_with_storage(self.0.storage.clone(), self.ty().clone(), requires_grad, self.loc().clone());
+        let t = Tensor::leaf_with_storage(
+            self.0.storage.clone(),
+            self.ty().clone(),
+            requires_grad,
+            self.loc().clone(),
+        );
         if let Some(n) = self.name() {
             t.set_name(n);
         }
@@ -118,15 +133,25 @@ impl Tensor {
     #[track_caller]
     pub fn detach(&self) -> Tensor {
         if self.is_realized() {
-            return Tensor::leaf_with_storage(self.0.storage.clone(), self.ty().clone(), false, self.loc().clone());
+            return Tensor::leaf_with_storage(
+                self.0.storage.clone(),
+                self.ty().clone(),
+                false,
+                self.loc().clone(),
+            );
         }
         let _g = NoGradGuard::new();
-        Tensor::apply(Op::Detach, vec![self.clone()], Some("Detach")).expect("detach accepts any tensor")
+        Tensor::apply(Op::Detach, vec![self.clone()], Some("Detach"))
+            .expect("detach accepts any tensor")
     }
 
     /// The accumulated gradient (`.grad`), `None` before any backward or after `zero_grad`.
     pub fn grad(&self) -> Option<Tensor> {
-        self.0.grad.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.0
+            .grad
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Clears the gradient (`.grad = None`, PyTorch's `zero_grad(set_to_none=True)`).

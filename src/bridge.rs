@@ -54,13 +54,18 @@ impl Tensor {
     pub fn from_ndarray<T: Element, D: ndarray::Dimension>(a: ndarray::Array<T, D>) -> Tensor {
         let loc = Loc::caller();
         let shape = a.shape().to_vec();
-        let a = if a.is_standard_layout() { a } else { a.as_standard_layout().into_owned() };
+        let a = if a.is_standard_layout() {
+            a
+        } else {
+            a.as_standard_layout().into_owned()
+        };
         let (mut v, off) = a.into_raw_vec_and_offset();
         if let Some(o) = off.filter(|&o| o > 0) {
             v.drain(..o);
         }
         v.truncate(kiln_ir::shape::numel(&shape));
-        let lit = Literal::new(shape, T::into_data(v)).expect("an ndarray's buffer matches its shape");
+        let lit =
+            Literal::new(shape, T::into_data(v)).expect("an ndarray's buffer matches its shape");
         Tensor::leaf(lit, false, loc)
     }
 
@@ -85,8 +90,15 @@ impl Tensor {
     pub fn ndarray<T: Element>(&self) -> Result<NdRef<'_, T>> {
         self.check_dtype::<T>()?;
         self.realize()?;
-        let guard = self.0.storage.try_read().map_err(|_| Error::Borrow("the tensor is borrowed mutably".into()))?;
-        Ok(NdRef { guard, _t: PhantomData })
+        let guard = self
+            .0
+            .storage
+            .try_read()
+            .map_err(|_| Error::Borrow("the tensor is borrowed mutably".into()))?;
+        Ok(NdRef {
+            guard,
+            _t: PhantomData,
+        })
     }
 
     /// Borrows the buffer mutably; writes change the tensor (and its detached aliases).
@@ -98,8 +110,15 @@ impl Tensor {
             ));
         }
         self.realize()?;
-        let guard = self.0.storage.try_write().map_err(|_| Error::Borrow("the tensor is already borrowed".into()))?;
-        Ok(NdMut { guard, _t: PhantomData })
+        let guard = self
+            .0
+            .storage
+            .try_write()
+            .map_err(|_| Error::Borrow("the tensor is already borrowed".into()))?;
+        Ok(NdMut {
+            guard,
+            _t: PhantomData,
+        })
     }
 
     /// Address of the realised buffer (for checking that two handles share memory).

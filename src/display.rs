@@ -61,9 +61,17 @@ fn choose_style(dtype: DType, vals: &[f64]) -> Style {
     let finite: Vec<f64> = vals.iter().copied().filter(|v| v.is_finite()).collect();
     if finite.iter().all(|v| v.fract() == 0.0) {
         let max = finite.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-        return if max >= 1e8 { Style::Sci } else { Style::IntFloat };
+        return if max >= 1e8 {
+            Style::Sci
+        } else {
+            Style::IntFloat
+        };
     }
-    let nz: Vec<f64> = finite.iter().map(|v| v.abs()).filter(|&v| v != 0.0).collect();
+    let nz: Vec<f64> = finite
+        .iter()
+        .map(|v| v.abs())
+        .filter(|&v| v != 0.0)
+        .collect();
     let max = nz.iter().cloned().fold(0.0f64, f64::max);
     let min = nz.iter().cloned().fold(f64::INFINITY, f64::min);
     if !nz.is_empty() && (max / min > 1000.0 || max >= 1e8 || min < 1e-4) {
@@ -76,7 +84,11 @@ fn choose_style(dtype: DType, vals: &[f64]) -> Style {
 /// Indices shown along an axis of size `n` (with `None` marking the `...`).
 fn shown(n: usize, summarize: bool) -> Vec<Option<usize>> {
     if summarize && n > 2 * EDGE {
-        (0..EDGE).map(Some).chain([None]).chain((n - EDGE..n).map(Some)).collect()
+        (0..EDGE)
+            .map(Some)
+            .chain([None])
+            .chain((n - EDGE..n).map(Some))
+            .collect()
     } else {
         (0..n).map(Some).collect()
     }
@@ -86,7 +98,15 @@ fn collect_shown(lit: &Literal, summarize: bool) -> Vec<f64> {
     let shape = &lit.shape;
     let strides = kiln_ir::shape::strides(shape);
     let mut out = Vec::new();
-    fn rec(d: usize, off: usize, shape: &[usize], st: &[usize], lit: &Literal, s: bool, out: &mut Vec<f64>) {
+    fn rec(
+        d: usize,
+        off: usize,
+        shape: &[usize],
+        st: &[usize],
+        lit: &Literal,
+        s: bool,
+        out: &mut Vec<f64>,
+    ) {
         if d == shape.len() {
             out.push(lit.data.get_f64(off));
             return;
@@ -109,7 +129,11 @@ struct Printer<'a> {
 
 impl Printer<'_> {
     fn item(&self, off: usize) -> String {
-        format!("{:>w$}", fmt_value(self.lit.data.get_f64(off), &self.style), w = self.width)
+        format!(
+            "{:>w$}",
+            fmt_value(self.lit.data.get_f64(off), &self.style),
+            w = self.width
+        )
     }
 
     /// Prints the sub-tensor at axis `d`, offset `off`; `indent` is the column of its `[`.
@@ -153,8 +177,18 @@ pub fn format_literal(lit: &Literal) -> String {
     let summarize = lit.numel() > THRESHOLD;
     let vals = collect_shown(lit, summarize);
     let style = choose_style(lit.dtype(), &vals);
-    let width = vals.iter().map(|&v| fmt_value(v, &style).len()).max().unwrap_or(0);
-    let p = Printer { lit, strides: kiln_ir::shape::strides(&lit.shape), style, width, summarize };
+    let width = vals
+        .iter()
+        .map(|&v| fmt_value(v, &style).len())
+        .max()
+        .unwrap_or(0);
+    let p = Printer {
+        lit,
+        strides: kiln_ir::shape::strides(&lit.shape),
+        style,
+        width,
+        summarize,
+    };
     let mut out = String::from("tensor(");
     if lit.shape.is_empty() {
         out.push_str(&fmt_value(lit.data.get_f64(0), &p.style));
@@ -198,7 +232,11 @@ impl fmt::Debug for Tensor {
             self.id(),
             self.ty(),
             self.op().name(),
-            if self.is_realized() { " [realised]" } else { "" },
+            if self.is_realized() {
+                " [realised]"
+            } else {
+                ""
+            },
             self.loc()
         )
     }
@@ -215,13 +253,28 @@ mod tests {
     #[test]
     fn pytorch_style_formats() {
         assert_eq!(show(&[], &[27.0], DType::F32), "tensor(27.");
-        assert_eq!(show(&[2, 2], &[3.0, 3.0, 3.0, 3.0], DType::F32), "tensor([[3., 3.],\n        [3., 3.]]");
-        assert_eq!(show(&[3], &[0.5, -1.25, 4.5], DType::F32), "tensor([ 0.5000, -1.2500,  4.5000]");
-        assert_eq!(show(&[2], &[1e-5, 1.0], DType::F32), "tensor([1.0000e-05, 1.0000e+00]");
-        assert_eq!(show(&[3], &[1.0, 0.0, 1.0], DType::Bool), "tensor([ True, False,  True]");
+        assert_eq!(
+            show(&[2, 2], &[3.0, 3.0, 3.0, 3.0], DType::F32),
+            "tensor([[3., 3.],\n        [3., 3.]]"
+        );
+        assert_eq!(
+            show(&[3], &[0.5, -1.25, 4.5], DType::F32),
+            "tensor([ 0.5000, -1.2500,  4.5000]"
+        );
+        assert_eq!(
+            show(&[2], &[1e-5, 1.0], DType::F32),
+            "tensor([1.0000e-05, 1.0000e+00]"
+        );
+        assert_eq!(
+            show(&[3], &[1.0, 0.0, 1.0], DType::Bool),
+            "tensor([ True, False,  True]"
+        );
         assert_eq!(show(&[2], &[7.0, -3.0], DType::I64), "tensor([ 7, -3]");
         let big: Vec<f64> = (0..2000).map(|i| i as f64).collect();
-        assert_eq!(show(&[2000], &big, DType::F32), "tensor([   0.,    1.,    2.,  ..., 1997., 1998., 1999.]");
+        assert_eq!(
+            show(&[2000], &big, DType::F32),
+            "tensor([   0.,    1.,    2.,  ..., 1997., 1998., 1999.]"
+        );
         let row: Vec<f64> = (0..10).map(|i| i as f64 * 0.1 - 0.45).collect();
         assert_eq!(
             show(&[1, 10], &row, DType::F32),

@@ -10,7 +10,11 @@ use kiln_ir::{IrError, Loc};
 pub enum Error {
     /// An op applied to tensors it does not accept.
     #[error("{op}: {msg} (at {loc})")]
-    Shape { op: &'static str, msg: String, loc: Loc },
+    Shape {
+        op: &'static str,
+        msg: String,
+        loc: Loc,
+    },
     /// An error from the IR layer (verification, autodiff, evaluation).
     #[error(transparent)]
     Ir(#[from] IrError),
@@ -36,6 +40,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     #[track_caller]
     pub(crate) fn shape(op: &'static str, msg: impl Into<String>) -> Error {
-        Error::Shape { op, msg: msg.into(), loc: Loc::caller() }
+        Error::Shape {
+            op,
+            msg: msg.into(),
+            loc: Loc::caller(),
+        }
     }
 }

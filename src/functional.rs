@@ -45,7 +45,9 @@ pub fn tanh(x: &Tensor) -> Tensor {
 /// `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`.
 #[track_caller]
 pub fn gelu_tanh(x: &Tensor) -> Tensor {
-    let inner = x.add(&x.mul(x).mul(x).mul(0.044715)).mul((2.0 / std::f64::consts::PI).sqrt());
+    let inner = x
+        .add(&x.mul(x).mul(x).mul(0.044715))
+        .mul((2.0 / std::f64::consts::PI).sqrt());
     x.mul(0.5).mul(&inner.tanh().add(1.0))
 }
 
@@ -57,8 +59,12 @@ pub fn softmax(x: &Tensor, dim: isize) -> Tensor {
     let m = x.amax(&[d as isize], true).detach();
     let e = x.sub(&m).exp();
     let s = e.sum(&[d as isize], true);
-    Tensor::apply(Op::Binary(kiln_ir::BinaryOp::Div), vec![e.clone(), s.broadcast_to(e.shape())], Some("Softmax"))
-        .unwrap_or_else(|e| panic!("{e}"))
+    Tensor::apply(
+        Op::Binary(kiln_ir::BinaryOp::Div),
+        vec![e.clone(), s.broadcast_to(e.shape())],
+        Some("Softmax"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// `log_softmax(x)_i = x_i - m - log(sum_j exp(x_j - m))` along `dim` (stable for large `x`).
@@ -68,8 +74,12 @@ pub fn log_softmax(x: &Tensor, dim: isize) -> Tensor {
     let m = x.amax(&[d as isize], true).detach();
     let z = x.sub(&m);
     let lse = z.exp().sum(&[d as isize], true).log();
-    Tensor::apply(Op::Binary(kiln_ir::BinaryOp::Sub), vec![z.clone(), lse.broadcast_to(z.shape())], Some("LogSoftmax"))
-        .unwrap_or_else(|e| panic!("{e}"))
+    Tensor::apply(
+        Op::Binary(kiln_ir::BinaryOp::Sub),
+        vec![z.clone(), lse.broadcast_to(z.shape())],
+        Some("LogSoftmax"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// `x @ w^T + b` (`F.linear`), `w` of shape `[out, in]`.
@@ -79,7 +89,12 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Tensor {
     match bias {
         Some(b) => {
             let (a, b) = (y.clone(), b.broadcast_to(y.shape()));
-            Tensor::apply(Op::Binary(kiln_ir::BinaryOp::Add), vec![a, b], Some("Addmm")).unwrap_or_else(|e| panic!("{e}"))
+            Tensor::apply(
+                Op::Binary(kiln_ir::BinaryOp::Add),
+                vec![a, b],
+                Some("Addmm"),
+            )
+            .unwrap_or_else(|e| panic!("{e}"))
         }
         None => y,
     }
@@ -92,7 +107,10 @@ fn per_axis(op: &'static str, name: &str, v: &[usize], nd: usize) -> Result<Vec<
     match v.len() {
         1 => Ok(vec![v[0]; nd]),
         n if n == nd => Ok(v.to_vec()),
-        n => Err(Error::shape(op, format!("{name} has {n} entries; expected 1 or {nd}"))),
+        n => Err(Error::shape(
+            op,
+            format!("{name} has {n} entries; expected 1 or {nd}"),
+        )),
     }
 }
 
@@ -104,7 +122,15 @@ fn batched(op: &'static str, x: &Tensor, nd: usize) -> Result<(Tensor, bool)> {
     } else if x.ndim() == nd + 1 {
         Ok((x.unsqueeze(0), true))
     } else {
-        Err(Error::shape(op, format!("expected a {}-D or {}-D input, got shape {:?}", nd + 1, nd + 2, x.shape())))
+        Err(Error::shape(
+            op,
+            format!(
+                "expected a {}-D or {}-D input, got shape {:?}",
+                nd + 1,
+                nd + 2,
+                x.shape()
+            ),
+        ))
     }
 }
 
@@ -116,7 +142,11 @@ fn add_channel_bias(y: Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
             let mut shape = vec![1isize; y.ndim()];
             shape[1] = -1;
             let b = b.try_reshape(&shape)?.try_broadcast_to(y.shape())?;
-            Tensor::apply(Op::Binary(kiln_ir::BinaryOp::Add), vec![y, b], Some("Convolution"))
+            Tensor::apply(
+                Op::Binary(kiln_ir::BinaryOp::Add),
+                vec![y, b],
+                Some("Convolution"),
+            )
         }
     }
 }
@@ -134,7 +164,13 @@ pub struct ConvOpts<'a> {
 
 impl Default for ConvOpts<'_> {
     fn default() -> Self {
-        ConvOpts { stride: &[1], padding: &[0], dilation: &[1], groups: 1, output_padding: &[0] }
+        ConvOpts {
+            stride: &[1],
+            padding: &[0],
+            dilation: &[1],
+            groups: 1,
+            output_padding: &[0],
+        }
     }
 }
 
@@ -152,9 +188,20 @@ fn conv_params(op: &'static str, o: &ConvOpts<'_>, nd: usize) -> Result<ConvPara
 /// N-d convolution (cross-correlation) with PyTorch's layouts: input `[N, Cin, *spatial]`
 /// (or unbatched `[Cin, *spatial]`), weight `[Cout, Cin/groups, *kernel]`, bias `[Cout]`.
 #[track_caller]
-pub fn try_conv(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, opts: &ConvOpts<'_>) -> Result<Tensor> {
+pub fn try_conv(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    opts: &ConvOpts<'_>,
+) -> Result<Tensor> {
     let nd = w.ndim().checked_sub(2).filter(|&n| n > 0).ok_or_else(|| {
-        Error::shape("conv", format!("weight must be [Cout, Cin/groups, *kernel], got shape {:?}", w.shape()))
+        Error::shape(
+            "conv",
+            format!(
+                "weight must be [Cout, Cin/groups, *kernel], got shape {:?}",
+                w.shape()
+            ),
+        )
     })?;
     let (xb, unbatched) = batched("conv", x, nd)?;
     let mut p = conv_params("conv", opts, nd)?;
@@ -169,7 +216,14 @@ fn conv_nd(nd: usize, x: &Tensor, w: &Tensor, b: Option<&Tensor>, o: &ConvOpts<'
     if w.ndim() != nd + 2 {
         panic!(
             "{}",
-            Error::shape("conv", format!("a {nd}-d convolution needs a rank-{} weight, got {:?}", nd + 2, w.shape()))
+            Error::shape(
+                "conv",
+                format!(
+                    "a {nd}-d convolution needs a rank-{} weight, got {:?}",
+                    nd + 2,
+                    w.shape()
+                )
+            )
         );
     }
     try_conv(x, w, b, o).unwrap_or_else(|e| panic!("{e}"))
@@ -192,13 +246,28 @@ pub fn conv3d(x: &Tensor, w: &Tensor, b: Option<&Tensor>, o: &ConvOpts<'_>) -> T
 /// `[Cin, Cout/groups, *kernel]`, bias `[Cout]`; output size
 /// `(i-1)*stride - 2*padding + dilation*(k-1) + output_padding + 1`.
 #[track_caller]
-pub fn try_conv_transpose(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, opts: &ConvOpts<'_>) -> Result<Tensor> {
+pub fn try_conv_transpose(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    opts: &ConvOpts<'_>,
+) -> Result<Tensor> {
     let nd = w.ndim().checked_sub(2).filter(|&n| n > 0).ok_or_else(|| {
-        Error::shape("conv_transpose", format!("weight must be [Cin, Cout/groups, *kernel], got {:?}", w.shape()))
+        Error::shape(
+            "conv_transpose",
+            format!(
+                "weight must be [Cin, Cout/groups, *kernel], got {:?}",
+                w.shape()
+            ),
+        )
     })?;
     let (xb, unbatched) = batched("conv_transpose", x, nd)?;
     let p = conv_params("conv_transpose", opts, nd)?;
-    let y = Tensor::apply(Op::ConvTranspose(p), vec![xb, w.clone()], Some("Convolution"))?;
+    let y = Tensor::apply(
+        Op::ConvTranspose(p),
+        vec![xb, w.clone()],
+        Some("Convolution"),
+    )?;
     let y = add_channel_bias(y, bias)?;
     Ok(if unbatched { y.squeeze(0) } else { y })
 }
@@ -230,32 +299,64 @@ pub struct PoolOpts<'a> {
 impl<'a> PoolOpts<'a> {
     /// Kernel `k`, stride `k`, no padding.
     pub fn kernel(kernel_size: &'a [usize]) -> PoolOpts<'a> {
-        PoolOpts { kernel_size, stride: &[], padding: &[0], dilation: &[1] }
+        PoolOpts {
+            kernel_size,
+            stride: &[],
+            padding: &[0],
+            dilation: &[1],
+        }
     }
 }
 
 /// The strided window slices of a pooling op: one tensor of the output's shape per kernel
 /// offset, in row-major kernel order.
 #[track_caller]
-fn windows(op: &'static str, x: &Tensor, nd: usize, o: &PoolOpts<'_>, pad_value: f64) -> Result<Vec<Tensor>> {
+fn windows(
+    op: &'static str,
+    x: &Tensor,
+    nd: usize,
+    o: &PoolOpts<'_>,
+    pad_value: f64,
+) -> Result<Vec<Tensor>> {
     let (x, _) = batched(op, x, nd)?;
     let k = per_axis(op, "kernel_size", o.kernel_size, nd)?;
-    let s = if o.stride.is_empty() { k.clone() } else { per_axis(op, "stride", o.stride, nd)? };
+    let s = if o.stride.is_empty() {
+        k.clone()
+    } else {
+        per_axis(op, "stride", o.stride, nd)?
+    };
     let p = per_axis(op, "padding", o.padding, nd)?;
     let d = per_axis(op, "dilation", o.dilation, nd)?;
     for j in 0..nd {
         if k[j] == 0 || s[j] == 0 || d[j] == 0 {
-            return Err(Error::shape(op, "kernel_size, stride and dilation must be positive"));
+            return Err(Error::shape(
+                op,
+                "kernel_size, stride and dilation must be positive",
+            ));
         }
         if 2 * p[j] > k[j] {
-            return Err(Error::shape(op, format!("padding {} must be at most half the kernel size {}", p[j], k[j])));
+            return Err(Error::shape(
+                op,
+                format!(
+                    "padding {} must be at most half the kernel size {}",
+                    p[j], k[j]
+                ),
+            ));
         }
     }
     let r = x.ndim();
     let mut lo = vec![0usize; r];
     lo[2..].copy_from_slice(&p);
     let xp = if p.iter().any(|&v| v > 0) {
-        Tensor::apply(Op::Pad { lo: lo.clone(), hi: lo.clone(), value: pad_value }, vec![x.clone()], None)?
+        Tensor::apply(
+            Op::Pad {
+                lo: lo.clone(),
+                hi: lo.clone(),
+                value: pad_value,
+            },
+            vec![x.clone()],
+            None,
+        )?
     } else {
         x.clone()
     };
@@ -266,7 +367,12 @@ fn windows(op: &'static str, x: &Tensor, nd: usize, o: &PoolOpts<'_>, pad_value:
         if padded < span {
             return Err(Error::shape(
                 op,
-                format!("input {:?} with padding {:?} is smaller than the kernel {:?}", x.shape(), p, k),
+                format!(
+                    "input {:?} with padding {:?} is smaller than the kernel {:?}",
+                    x.shape(),
+                    p,
+                    k
+                ),
             ));
         }
         out_sz.push((padded - span) / s[j] + 1);
@@ -280,7 +386,11 @@ fn windows(op: &'static str, x: &Tensor, nd: usize, o: &PoolOpts<'_>, pad_value:
             let kj = rem % k[j];
             rem /= k[j];
             let start = kj * d[j];
-            axes[2 + j] = SliceAxis { start, end: start + (out_sz[j] - 1) * s[j] + 1, step: s[j] };
+            axes[2 + j] = SliceAxis {
+                start,
+                end: start + (out_sz[j] - 1) * s[j] + 1,
+                step: s[j],
+            };
         }
         result.push(Tensor::apply(Op::Slice(axes), vec![xp.clone()], None)?);
     }
@@ -364,7 +474,11 @@ pub fn batch_norm(
     momentum: f64,
     eps: f64,
 ) -> Tensor {
-    assert!(x.ndim() >= 2, "batch_norm: expected input [N, C, ...], got shape {:?}", x.shape());
+    assert!(
+        x.ndim() >= 2,
+        "batch_norm: expected input [N, C, ...], got shape {:?}",
+        x.shape()
+    );
     let c = x.shape()[1];
     let mut cshape = vec![1isize; x.ndim()];
     cshape[1] = c as isize;
@@ -374,13 +488,21 @@ pub fn batch_norm(
         let d = x.sub(&mean);
         let var = d.mul(&d).mean(&axes, true);
         let n = (x.numel() / c) as f64;
-        assert!(n > 1.0, "batch_norm: expected more than 1 value per channel when training, got input {:?}", x.shape());
+        assert!(
+            n > 1.0,
+            "batch_norm: expected more than 1 value per channel when training, got input {:?}",
+            x.shape()
+        );
         let _g = NoGradGuard::new();
         if let Some(rm) = running_mean {
-            *rm = rm.mul(1.0 - momentum).add(&mean.reshape(&[c as isize]).mul(momentum));
+            *rm = rm
+                .mul(1.0 - momentum)
+                .add(&mean.reshape(&[c as isize]).mul(momentum));
         }
         if let Some(rv) = running_var {
-            *rv = rv.mul(1.0 - momentum).add(&var.reshape(&[c as isize]).mul(momentum * n / (n - 1.0)));
+            *rv = rv
+                .mul(1.0 - momentum)
+                .add(&var.reshape(&[c as isize]).mul(momentum * n / (n - 1.0)));
         }
         (mean, var)
     } else {
@@ -394,8 +516,12 @@ pub fn batch_norm(
     }
     if let Some(b) = bias {
         let b = b.reshape(&cshape).broadcast_to(y.shape());
-        y = Tensor::apply(Op::Binary(kiln_ir::BinaryOp::Add), vec![y, b], Some("NativeBatchNorm"))
-            .unwrap_or_else(|e| panic!("{e}"));
+        y = Tensor::apply(
+            Op::Binary(kiln_ir::BinaryOp::Add),
+            vec![y, b],
+            Some("NativeBatchNorm"),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
     }
     y
 }
@@ -408,12 +534,14 @@ fn reduce(per: Tensor, reduction: Reduction, label: &'static str) -> Tensor {
         Reduction::None => per,
         Reduction::Sum => {
             let s = per.sum_all();
-            Tensor::apply(Op::Reshape(vec![]), vec![s], Some(label)).unwrap_or_else(|e| panic!("{e}"))
+            Tensor::apply(Op::Reshape(vec![]), vec![s], Some(label))
+                .unwrap_or_else(|e| panic!("{e}"))
         }
         Reduction::Mean => {
             let s = per.sum_all();
             let k = s.filled(1.0 / per.numel().max(1) as f64);
-            Tensor::apply(Op::Binary(kiln_ir::BinaryOp::Mul), vec![s, k], Some(label)).unwrap_or_else(|e| panic!("{e}"))
+            Tensor::apply(Op::Binary(kiln_ir::BinaryOp::Mul), vec![s, k], Some(label))
+                .unwrap_or_else(|e| panic!("{e}"))
         }
     }
 }
@@ -421,7 +549,14 @@ fn reduce(per: Tensor, reduction: Reduction, label: &'static str) -> Tensor {
 #[track_caller]
 fn same_shape(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
     if a.shape() != b.shape() {
-        return Err(Error::shape(op, format!("input {:?} and target {:?} must have one shape", a.shape(), b.shape())));
+        return Err(Error::shape(
+            op,
+            format!(
+                "input {:?} and target {:?} must have one shape",
+                a.shape(),
+                b.shape()
+            ),
+        ));
     }
     Ok(())
 }
@@ -444,14 +579,25 @@ pub fn l1_loss(input: &Tensor, target: &Tensor, reduction: Reduction) -> Tensor 
 /// Checks class-index targets when their values are known: PyTorch fails on a target outside
 /// `[0, C)` that is not `ignore_index`, and so do we, naming the value.
 #[track_caller]
-fn check_targets(op: &'static str, target: &Tensor, classes: usize, ignore_index: i64) -> Result<()> {
+fn check_targets(
+    op: &'static str,
+    target: &Tensor,
+    classes: usize,
+    ignore_index: i64,
+) -> Result<()> {
     if target.dtype() != DType::I64 {
-        return Err(Error::DType(format!("{op}: class-index targets must be i64, got {}", target.dtype())));
+        return Err(Error::DType(format!(
+            "{op}: class-index targets must be i64, got {}",
+            target.dtype()
+        )));
     }
     if target.is_realized() {
         for v in target.to_vec::<i64>() {
             if v != ignore_index && (v < 0 || v as usize >= classes) {
-                return Err(Error::shape(op, format!("target {v} is out of bounds for {classes} classes")));
+                return Err(Error::shape(
+                    op,
+                    format!("target {v} is out of bounds for {classes} classes"),
+                ));
             }
         }
     }
@@ -471,14 +617,23 @@ pub fn try_nll_loss(
     ignore_index: i64,
     reduction: Reduction,
 ) -> Result<Tensor> {
-    let (logp, target) = if logp.ndim() == 1 { (logp.unsqueeze(0), target.unsqueeze(0)) } else { (logp.clone(), target.clone()) };
+    let (logp, target) = if logp.ndim() == 1 {
+        (logp.unsqueeze(0), target.unsqueeze(0))
+    } else {
+        (logp.clone(), target.clone())
+    };
     let c = logp.shape()[1];
     let mut want = logp.shape().to_vec();
     want.remove(1);
     if target.shape() != want.as_slice() {
         return Err(Error::shape(
             "nll_loss",
-            format!("input {:?} needs target of shape {:?}, got {:?}", logp.shape(), want, target.shape()),
+            format!(
+                "input {:?} needs target of shape {:?}, got {:?}",
+                logp.shape(),
+                want,
+                target.shape()
+            ),
         ));
     }
     check_targets("nll_loss", &target, c, ignore_index)?;
@@ -503,16 +658,34 @@ pub fn try_nll_loss(
 }
 
 #[track_caller]
-pub fn nll_loss(logp: &Tensor, target: &Tensor, weight: Option<&Tensor>, ignore_index: i64, reduction: Reduction) -> Tensor {
+pub fn nll_loss(
+    logp: &Tensor,
+    target: &Tensor,
+    weight: Option<&Tensor>,
+    ignore_index: i64,
+    reduction: Reduction,
+) -> Tensor {
     try_nll_loss(logp, target, weight, ignore_index, reduction).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Cross-entropy of logits `[N, C, d1, ...]` and class-index targets `[N, d1, ...]`
 /// (`F.cross_entropy`): `nll_loss(log_softmax(x, 1), y)`.
 #[track_caller]
-pub fn cross_entropy(input: &Tensor, target: &Tensor, weight: Option<&Tensor>, ignore_index: i64, reduction: Reduction) -> Tensor {
+pub fn cross_entropy(
+    input: &Tensor,
+    target: &Tensor,
+    weight: Option<&Tensor>,
+    ignore_index: i64,
+    reduction: Reduction,
+) -> Tensor {
     let dim = if input.ndim() == 1 { 0 } else { 1 };
-    nll_loss(&log_softmax(input, dim), target, weight, ignore_index, reduction)
+    nll_loss(
+        &log_softmax(input, dim),
+        target,
+        weight,
+        ignore_index,
+        reduction,
+    )
 }
 
 /// Binary cross-entropy on logits, in the stable form
@@ -527,7 +700,13 @@ pub fn binary_cross_entropy_with_logits(
     reduction: Reduction,
 ) -> Tensor {
     same_shape("binary_cross_entropy_with_logits", input, target).unwrap_or_else(|e| panic!("{e}"));
-    let softplus_neg = input.abs().neg().exp().add(1.0).log().add(&input.neg().relu());
+    let softplus_neg = input
+        .abs()
+        .neg()
+        .exp()
+        .add(1.0)
+        .log()
+        .add(&input.neg().relu());
     let mut l = match pos_weight {
         Some(p) => {
             let lw = target.mul(&p.sub(1.0)).add(1.0);
@@ -543,7 +722,12 @@ pub fn binary_cross_entropy_with_logits(
 
 /// Binary cross-entropy of probabilities, with PyTorch's clamp of the logs at -100.
 #[track_caller]
-pub fn binary_cross_entropy(input: &Tensor, target: &Tensor, weight: Option<&Tensor>, reduction: Reduction) -> Tensor {
+pub fn binary_cross_entropy(
+    input: &Tensor,
+    target: &Tensor,
+    weight: Option<&Tensor>,
+    reduction: Reduction,
+) -> Tensor {
     same_shape("binary_cross_entropy", input, target).unwrap_or_else(|e| panic!("{e}"));
     let lp = input.log().clamp(Some(-100.0), None);
     let lq = input.neg().add(1.0).log().clamp(Some(-100.0), None);

@@ -18,7 +18,11 @@ impl Tensor {
             if new.shape() != self.shape() {
                 return Err(Error::shape(
                     "in-place",
-                    format!("result shape {:?} differs from the tensor's shape {:?}", new.shape(), self.shape()),
+                    format!(
+                        "result shape {:?} differs from the tensor's shape {:?}",
+                        new.shape(),
+                        self.shape()
+                    ),
                 ));
             }
             *self = new;
@@ -33,15 +37,20 @@ impl Tensor {
         if new.shape() != self.shape() {
             return Err(Error::shape(
                 "in-place",
-                format!("result shape {:?} differs from the tensor's shape {:?}", new.shape(), self.shape()),
+                format!(
+                    "result shape {:?} differs from the tensor's shape {:?}",
+                    new.shape(),
+                    self.shape()
+                ),
             ));
         }
         let value = new.literal()?;
-        let mut slot = self
-            .0
-            .storage
-            .try_write()
-            .map_err(|_| Error::Borrow("an ndarray view of this tensor is alive; drop it before changing the tensor".into()))?;
+        let mut slot = self.0.storage.try_write().map_err(|_| {
+            Error::Borrow(
+                "an ndarray view of this tensor is alive; drop it before changing the tensor"
+                    .into(),
+            )
+        })?;
         match slot.as_mut().and_then(Arc::get_mut) {
             // Write into the existing buffer so that its address (seen by ndarray views taken
             // before and after) does not change.

@@ -38,8 +38,8 @@ pub use display::format_literal;
 pub use error::{Error, Result};
 pub use kiln_ir as ir;
 pub use kiln_ir::DType;
-pub use ops::{cat, norm_dim, stack, try_cat, where_, Operand};
 pub(crate) use ops::where_labeled;
+pub use ops::{cat, norm_dim, stack, try_cat, where_, Operand};
 pub use random::{manual_seed, Generator};
 pub use tensor::{Element, Tensor};
 

@@ -34,7 +34,12 @@ fn value_of(t: &Tensor) -> Option<Arc<Literal>> {
 /// realised tensors requiring grad keep their ops.
 pub fn lower(roots: &[Tensor], grad_mode: bool) -> Result<Lowered> {
     let mut cx = Lowering {
-        lw: Lowered { graph: Graph::new(), node_of: HashMap::new(), bound: Vec::new(), params: Vec::new() },
+        lw: Lowered {
+            graph: Graph::new(),
+            node_of: HashMap::new(),
+            bound: Vec::new(),
+            params: Vec::new(),
+        },
         grad_mode,
         leaves: HashMap::new(),
         detached: HashMap::new(),
@@ -75,7 +80,10 @@ pub fn lower(roots: &[Tensor], grad_mode: bool) -> Result<Lowered> {
                 n = match cx.detached.get(&n) {
                     Some(&d) => d,
                     None => {
-                        let d = cx.lw.graph.push_at(Op::Detach, &[n], Some(i.loc().clone()))?;
+                        let d = cx
+                            .lw
+                            .graph
+                            .push_at(Op::Detach, &[n], Some(i.loc().clone()))?;
                         cx.detached.insert(n, d);
                         d
                     }
@@ -83,7 +91,10 @@ pub fn lower(roots: &[Tensor], grad_mode: bool) -> Result<Lowered> {
             }
             operands.push(n);
         }
-        let node = cx.lw.graph.push_at(t.op().clone(), &operands, Some(t.loc().clone()))?;
+        let node = cx
+            .lw
+            .graph
+            .push_at(t.op().clone(), &operands, Some(t.loc().clone()))?;
         if let Some(v) = value {
             cx.lw.bound.push((node, v));
         }
@@ -122,12 +133,26 @@ impl Lowering {
         let g = &mut self.lw.graph;
         let node = if through {
             let name = unique(&g.params, t.name(), "p", g.params.len());
-            let n = g.push_at(Op::Param { name, ty: t.ty().clone() }, &[], Some(t.loc().clone()))?;
+            let n = g.push_at(
+                Op::Param {
+                    name,
+                    ty: t.ty().clone(),
+                },
+                &[],
+                Some(t.loc().clone()),
+            )?;
             self.lw.params.push((n, t.clone()));
             n
         } else {
             let name = unique(&g.inputs, t.name(), "in", g.inputs.len());
-            g.push_at(Op::Input { name, ty: t.ty().clone() }, &[], Some(t.loc().clone()))?
+            g.push_at(
+                Op::Input {
+                    name,
+                    ty: t.ty().clone(),
+                },
+                &[],
+                Some(t.loc().clone()),
+            )?
         };
         self.lw.bound.push((node, value));
         self.leaves.insert(key, node);
@@ -135,7 +160,12 @@ impl Lowering {
     }
 }
 
-fn unique(map: &indexmap::IndexMap<String, NodeId>, name: Option<String>, prefix: &str, k: usize) -> String {
+fn unique(
+    map: &indexmap::IndexMap<String, NodeId>,
+    name: Option<String>,
+    prefix: &str,
+    k: usize,
+) -> String {
     match name {
         Some(n) if !map.contains_key(&n) => n,
         _ => {
@@ -150,14 +180,23 @@ fn unique(map: &indexmap::IndexMap<String, NodeId>, name: Option<String>, prefix
 
 /// Executes `wanted` nodes of a lowered program with its bindings.
 pub fn execute(lw: &Lowered, wanted: &[NodeId]) -> Result<Vec<Literal>> {
-    let bindings: HashMap<NodeId, &Literal> = lw.bound.iter().map(|(n, v)| (*n, v.as_ref())).collect();
-    log::debug!("executing a graph of {} nodes ({} bound)", lw.graph.len(), bindings.len());
+    let bindings: HashMap<NodeId, &Literal> =
+        lw.bound.iter().map(|(n, v)| (*n, v.as_ref())).collect();
+    log::debug!(
+        "executing a graph of {} nodes ({} bound)",
+        lw.graph.len(),
+        bindings.len()
+    );
     Ok(interp::eval(&lw.graph, &bindings, wanted)?)
 }
 
 /// Computes and stores the values of `targets`.
 pub fn realize(targets: &[Tensor]) -> Result<()> {
-    let todo: Vec<Tensor> = targets.iter().filter(|t| !t.is_realized()).cloned().collect();
+    let todo: Vec<Tensor> = targets
+        .iter()
+        .filter(|t| !t.is_realized())
+        .cloned()
+        .collect();
     if todo.is_empty() {
         return Ok(());
     }
@@ -180,7 +219,10 @@ pub(crate) fn store(t: &Tensor, v: Literal) {
     *s = Some(Arc::new(v));
     drop(s);
     if !t.requires_grad() {
-        t.0.inputs.write().unwrap_or_else(|p| p.into_inner()).clear();
+        t.0.inputs
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         t.0.snaps.write().unwrap_or_else(|p| p.into_inner()).clear();
     }
 }

@@ -17,7 +17,10 @@ pub trait Module {
     fn named_parameters(&self) -> Vec<(String, Tensor)>;
 
     fn parameters(&self) -> Vec<Tensor> {
-        self.named_parameters().into_iter().map(|(_, t)| t).collect()
+        self.named_parameters()
+            .into_iter()
+            .map(|(_, t)| t)
+            .collect()
     }
 
     /// Number of scalar parameters.
@@ -36,7 +39,12 @@ pub trait Module {
 fn uniform(shape: &[usize], bound: f64, g: &mut Generator) -> Tensor {
     let u = Tensor::rand_with(shape.to_vec(), DType::F32, g);
     let lit = u.literal().expect("random tensors are realised");
-    let v: Vec<f32> = lit.data.to_f64_vec().iter().map(|&x| ((2.0 * x - 1.0) * bound) as f32).collect();
+    let v: Vec<f32> = lit
+        .data
+        .to_f64_vec()
+        .iter()
+        .map(|&x| ((2.0 * x - 1.0) * bound) as f32)
+        .collect();
     Tensor::from_vec(v, shape.to_vec()).requires_grad_(true)
 }
 
@@ -83,12 +91,19 @@ impl Conv2d {
         let bound = 1.0 / (fan_in as f64).sqrt();
         let weight = uniform(&[cout, cin, kernel, kernel], bound, g);
         let bias = Some(uniform(&[cout], bound, g));
-        Conv2d { weight, bias, padding: 0 }
+        Conv2d {
+            weight,
+            bias,
+            padding: 0,
+        }
     }
 
     #[track_caller]
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        let opts = ConvOpts { padding: &[self.padding], ..Default::default() };
+        let opts = ConvOpts {
+            padding: &[self.padding],
+            ..Default::default()
+        };
         F::conv2d(x, &self.weight, self.bias.as_ref(), &opts)
     }
 }
@@ -104,7 +119,10 @@ impl Module for Conv2d {
 }
 
 fn prefixed(prefix: &str, m: &dyn Module) -> Vec<(String, Tensor)> {
-    m.named_parameters().into_iter().map(|(n, t)| (format!("{prefix}.{n}"), t)).collect()
+    m.named_parameters()
+        .into_iter()
+        .map(|(n, t)| (format!("{prefix}.{n}"), t))
+        .collect()
 }
 
 /// The tutorial's LeNet: 1x32x32 input, conv 1->6 k3, max-pool 2, conv 6->16 k3, max-pool 2,

@@ -53,10 +53,16 @@ fn dims_of(op: &'static str, dims: &[isize], rank: usize) -> Result<Vec<usize>> 
     let mut out = Vec::with_capacity(dims.len());
     for &d in dims {
         let n = norm_dim(d, rank).map_err(|_| {
-            Error::shape(op, format!("dimension {d} is out of range for a tensor of rank {rank}"))
+            Error::shape(
+                op,
+                format!("dimension {d} is out of range for a tensor of rank {rank}"),
+            )
         })?;
         if out.contains(&n) {
-            return Err(Error::shape(op, format!("dimension {d} is repeated in {dims:?}")));
+            return Err(Error::shape(
+                op,
+                format!("dimension {d} is repeated in {dims:?}"),
+            ));
         }
         out.push(n);
     }
@@ -73,12 +79,22 @@ impl Tensor {
     /// Records `op` over `inputs`, inferring the result type; a type error names the op, the
     /// operand types and the caller's line.
     #[track_caller]
-    pub(crate) fn apply(op: Op, inputs: Vec<Tensor>, label: Option<&'static str>) -> Result<Tensor> {
+    pub(crate) fn apply(
+        op: Op,
+        inputs: Vec<Tensor>,
+        label: Option<&'static str>,
+    ) -> Result<Tensor> {
         let loc = Loc::caller();
         let tys: Vec<&TensorType> = inputs.iter().map(|t| t.ty()).collect();
         let ty = infer(&op, &tys).map_err(|msg| Error::Shape {
             op: op.name(),
-            msg: format!("{msg} (operands: {})", tys.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(", ")),
+            msg: format!(
+                "{msg} (operands: {})",
+                tys.iter()
+                    .map(|t| t.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
             loc: loc.clone(),
         })?;
         Ok(Tensor::from_op(op, inputs, ty, loc, label))
@@ -88,14 +104,32 @@ impl Tensor {
     #[track_caller]
     pub(crate) fn filled(&self, value: f64) -> Tensor {
         let ty = self.ty().clone();
-        Tensor::from_op(Op::Full { value, ty: ty.clone() }, vec![], ty, Loc::caller(), None)
+        Tensor::from_op(
+            Op::Full {
+                value,
+                ty: ty.clone(),
+            },
+            vec![],
+            ty,
+            Loc::caller(),
+            None,
+        )
     }
 
     /// A lazily created constant of the given type.
     #[track_caller]
     pub(crate) fn constant(value: f64, dtype: DType, shape: Vec<usize>) -> Tensor {
         let ty = TensorType::new(dtype, shape);
-        Tensor::from_op(Op::Full { value, ty: ty.clone() }, vec![], ty, Loc::caller(), None)
+        Tensor::from_op(
+            Op::Full {
+                value,
+                ty: ty.clone(),
+            },
+            vec![],
+            ty,
+            Loc::caller(),
+            None,
+        )
     }
 
     #[track_caller]
@@ -110,7 +144,11 @@ impl Tensor {
                 let shape = broadcast_shapes(a.shape(), b.shape()).ok_or_else(|| {
                     Error::shape(
                         "broadcast",
-                        format!("shapes {} and {} cannot be broadcast together", fmt_shape(a.shape()), fmt_shape(b.shape())),
+                        format!(
+                            "shapes {} and {} cannot be broadcast together",
+                            fmt_shape(a.shape()),
+                            fmt_shape(b.shape())
+                        ),
                     )
                 })?;
                 Ok((a.try_broadcast_to(&shape)?, b.try_broadcast_to(&shape)?))
@@ -211,35 +249,43 @@ impl Tensor {
 
     #[track_caller]
     pub fn neg(&self) -> Tensor {
-        self.unary_op(UnaryOp::Neg, "Neg").unwrap_or_else(|e| panic!("{e}"))
+        self.unary_op(UnaryOp::Neg, "Neg")
+            .unwrap_or_else(|e| panic!("{e}"))
     }
     #[track_caller]
     pub fn exp(&self) -> Tensor {
-        self.unary_op(UnaryOp::Exp, "Exp").unwrap_or_else(|e| panic!("{e}"))
+        self.unary_op(UnaryOp::Exp, "Exp")
+            .unwrap_or_else(|e| panic!("{e}"))
     }
     #[track_caller]
     pub fn log(&self) -> Tensor {
-        self.unary_op(UnaryOp::Log, "Log").unwrap_or_else(|e| panic!("{e}"))
+        self.unary_op(UnaryOp::Log, "Log")
+            .unwrap_or_else(|e| panic!("{e}"))
     }
     #[track_caller]
     pub fn sqrt(&self) -> Tensor {
-        self.unary_op(UnaryOp::Sqrt, "Sqrt").unwrap_or_else(|e| panic!("{e}"))
+        self.unary_op(UnaryOp::Sqrt, "Sqrt")
+            .unwrap_or_else(|e| panic!("{e}"))
     }
     #[track_caller]
     pub fn reciprocal(&self) -> Tensor {
-        self.unary_op(UnaryOp::Recip, "Reciprocal").unwrap_or_else(|e| panic!("{e}"))
+        self.unary_op(UnaryOp::Recip, "Reciprocal")
+            .unwrap_or_else(|e| panic!("{e}"))
     }
     #[track_caller]
     pub fn abs(&self) -> Tensor {
-        self.unary_op(UnaryOp::Abs, "Abs").unwrap_or_else(|e| panic!("{e}"))
+        self.unary_op(UnaryOp::Abs, "Abs")
+            .unwrap_or_else(|e| panic!("{e}"))
     }
     #[track_caller]
     pub fn tanh(&self) -> Tensor {
-        self.unary_op(UnaryOp::Tanh, "Tanh").unwrap_or_else(|e| panic!("{e}"))
+        self.unary_op(UnaryOp::Tanh, "Tanh")
+            .unwrap_or_else(|e| panic!("{e}"))
     }
     #[track_caller]
     pub fn sigmoid(&self) -> Tensor {
-        self.unary_op(UnaryOp::Sigmoid, "Sigmoid").unwrap_or_else(|e| panic!("{e}"))
+        self.unary_op(UnaryOp::Sigmoid, "Sigmoid")
+            .unwrap_or_else(|e| panic!("{e}"))
     }
     #[track_caller]
     pub fn square(&self) -> Tensor {
@@ -289,27 +335,33 @@ impl Tensor {
     }
     #[track_caller]
     pub fn eq<'a>(&self, o: impl Into<Operand<'a>>) -> Tensor {
-        self.compare(o.into(), CmpOp::Eq).unwrap_or_else(|e| panic!("{e}"))
+        self.compare(o.into(), CmpOp::Eq)
+            .unwrap_or_else(|e| panic!("{e}"))
     }
     #[track_caller]
     pub fn ne<'a>(&self, o: impl Into<Operand<'a>>) -> Tensor {
-        self.compare(o.into(), CmpOp::Ne).unwrap_or_else(|e| panic!("{e}"))
+        self.compare(o.into(), CmpOp::Ne)
+            .unwrap_or_else(|e| panic!("{e}"))
     }
     #[track_caller]
     pub fn lt<'a>(&self, o: impl Into<Operand<'a>>) -> Tensor {
-        self.compare(o.into(), CmpOp::Lt).unwrap_or_else(|e| panic!("{e}"))
+        self.compare(o.into(), CmpOp::Lt)
+            .unwrap_or_else(|e| panic!("{e}"))
     }
     #[track_caller]
     pub fn le<'a>(&self, o: impl Into<Operand<'a>>) -> Tensor {
-        self.compare(o.into(), CmpOp::Le).unwrap_or_else(|e| panic!("{e}"))
+        self.compare(o.into(), CmpOp::Le)
+            .unwrap_or_else(|e| panic!("{e}"))
     }
     #[track_caller]
     pub fn gt<'a>(&self, o: impl Into<Operand<'a>>) -> Tensor {
-        self.compare(o.into(), CmpOp::Gt).unwrap_or_else(|e| panic!("{e}"))
+        self.compare(o.into(), CmpOp::Gt)
+            .unwrap_or_else(|e| panic!("{e}"))
     }
     #[track_caller]
     pub fn ge<'a>(&self, o: impl Into<Operand<'a>>) -> Tensor {
-        self.compare(o.into(), CmpOp::Ge).unwrap_or_else(|e| panic!("{e}"))
+        self.compare(o.into(), CmpOp::Ge)
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Converts the element type (`.to(dtype)`): float to int truncates toward zero.
@@ -340,33 +392,62 @@ impl Tensor {
     // ----- reductions -----------------------------------------------------------------------
 
     #[track_caller]
-    fn reduce(&self, op: ReduceOp, dims: Option<&[isize]>, keepdim: bool, name: &'static str) -> Result<Tensor> {
+    fn reduce(
+        &self,
+        op: ReduceOp,
+        dims: Option<&[isize]>,
+        keepdim: bool,
+        name: &'static str,
+    ) -> Result<Tensor> {
         let axes = match dims {
             None => (0..self.ndim()).collect(),
             Some(d) => dims_of(name, d, self.ndim())?,
         };
-        let src = if op == ReduceOp::Sum && self.dtype() == DType::Bool { self.try_to_dtype(DType::I64)? } else { self.clone() };
-        let r = Tensor::apply(Op::Reduce { op, axes: axes.clone() }, vec![src], Some(if op == ReduceOp::Sum { "Sum" } else { "Amax" }))?;
+        let src = if op == ReduceOp::Sum && self.dtype() == DType::Bool {
+            self.try_to_dtype(DType::I64)?
+        } else {
+            self.clone()
+        };
+        let r = Tensor::apply(
+            Op::Reduce {
+                op,
+                axes: axes.clone(),
+            },
+            vec![src],
+            Some(if op == ReduceOp::Sum { "Sum" } else { "Amax" }),
+        )?;
         if keepdim {
             return Ok(r);
         }
-        let shape: Vec<usize> = self.shape().iter().enumerate().filter(|(i, _)| !axes.contains(i)).map(|(_, &d)| d).collect();
+        let shape: Vec<usize> = self
+            .shape()
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !axes.contains(i))
+            .map(|(_, &d)| d)
+            .collect();
         r.try_reshape_exact(shape, None)
     }
 
     /// Sum over `dims` (`x.sum(dims, keepdim)`).
     #[track_caller]
     pub fn sum(&self, dims: &[isize], keepdim: bool) -> Tensor {
-        self.reduce(ReduceOp::Sum, Some(dims), keepdim, "sum").unwrap_or_else(|e| panic!("{e}"))
+        self.reduce(ReduceOp::Sum, Some(dims), keepdim, "sum")
+            .unwrap_or_else(|e| panic!("{e}"))
     }
     /// Sum of all elements, a 0-d tensor.
     #[track_caller]
     pub fn sum_all(&self) -> Tensor {
-        self.reduce(ReduceOp::Sum, None, false, "sum").unwrap_or_else(|e| panic!("{e}"))
+        self.reduce(ReduceOp::Sum, None, false, "sum")
+            .unwrap_or_else(|e| panic!("{e}"))
     }
     #[track_caller]
     fn try_mean(&self, dims: Option<&[isize]>, keepdim: bool) -> Result<Tensor> {
-        let x = if self.dtype().is_float() { self.clone() } else { self.try_to_dtype(DType::F32)? };
+        let x = if self.dtype().is_float() {
+            self.clone()
+        } else {
+            self.try_to_dtype(DType::F32)?
+        };
         let s = x.reduce(ReduceOp::Sum, dims, keepdim, "mean")?;
         let count = x.numel() / s.numel().max(1);
         let scale = s.filled(1.0 / count as f64);
@@ -375,7 +456,8 @@ impl Tensor {
     /// Mean over `dims`.
     #[track_caller]
     pub fn mean(&self, dims: &[isize], keepdim: bool) -> Tensor {
-        self.try_mean(Some(dims), keepdim).unwrap_or_else(|e| panic!("{e}"))
+        self.try_mean(Some(dims), keepdim)
+            .unwrap_or_else(|e| panic!("{e}"))
     }
     /// Mean of all elements, a 0-d tensor.
     #[track_caller]
@@ -385,7 +467,8 @@ impl Tensor {
     /// Maximum over `dims` (`amax`); ties share the gradient evenly.
     #[track_caller]
     pub fn amax(&self, dims: &[isize], keepdim: bool) -> Tensor {
-        self.reduce(ReduceOp::Max, Some(dims), keepdim, "amax").unwrap_or_else(|e| panic!("{e}"))
+        self.reduce(ReduceOp::Max, Some(dims), keepdim, "amax")
+            .unwrap_or_else(|e| panic!("{e}"))
     }
     /// Minimum over `dims` (`amin`), as `-amax(-x)`.
     #[track_caller]
@@ -395,7 +478,8 @@ impl Tensor {
     /// The largest element, a 0-d tensor.
     #[track_caller]
     pub fn max_all(&self) -> Tensor {
-        self.reduce(ReduceOp::Max, None, false, "max").unwrap_or_else(|e| panic!("{e}"))
+        self.reduce(ReduceOp::Max, None, false, "max")
+            .unwrap_or_else(|e| panic!("{e}"))
     }
     /// The smallest element, a 0-d tensor.
     #[track_caller]
@@ -410,7 +494,8 @@ impl Tensor {
         let m = self.amax(&[d as isize], true);
         let mut ishape = vec![1; self.ndim()];
         ishape[d] = n;
-        let idx = Tensor::arange(0.0, n as f64, 1.0, DType::I64).reshape(&ishape.iter().map(|&x| x as isize).collect::<Vec<_>>());
+        let idx = Tensor::arange(0.0, n as f64, 1.0, DType::I64)
+            .reshape(&ishape.iter().map(|&x| x as isize).collect::<Vec<_>>());
         let big = Tensor::constant(n as f64, DType::I64, vec![]);
         let cand = crate::where_(&self.eq(&m), &idx, &big);
         cand.neg().amax(&[d as isize], keepdim).neg()
@@ -432,25 +517,49 @@ impl Tensor {
         if shape == self.shape() {
             return Ok(self.clone());
         }
-        Tensor::apply(Op::Reshape(shape), vec![self.clone()], label.or(Some("View")))
+        Tensor::apply(
+            Op::Reshape(shape),
+            vec![self.clone()],
+            label.or(Some("View")),
+        )
     }
 
     /// New shape with the same elements; one entry may be `-1` (inferred).
     #[track_caller]
     pub fn try_reshape(&self, shape: &[isize]) -> Result<Tensor> {
-        let known: usize = shape.iter().filter(|&&d| d >= 0).map(|&d| d as usize).product();
+        let known: usize = shape
+            .iter()
+            .filter(|&&d| d >= 0)
+            .map(|&d| d as usize)
+            .product();
         let holes = shape.iter().filter(|&&d| d < 0).count();
         if holes > 1 || shape.iter().any(|&d| d < -1) {
-            return Err(Error::shape("reshape", format!("invalid shape {shape:?}: only one -1 is allowed")));
+            return Err(Error::shape(
+                "reshape",
+                format!("invalid shape {shape:?}: only one -1 is allowed"),
+            ));
         }
         let out: Vec<usize> = if holes == 1 {
             if known == 0 || self.numel() % known != 0 {
                 return Err(Error::shape(
                     "reshape",
-                    format!("shape {shape:?} is invalid for a tensor of {} elements ({})", self.numel(), fmt_shape(self.shape())),
+                    format!(
+                        "shape {shape:?} is invalid for a tensor of {} elements ({})",
+                        self.numel(),
+                        fmt_shape(self.shape())
+                    ),
                 ));
             }
-            shape.iter().map(|&d| if d < 0 { self.numel() / known } else { d as usize }).collect()
+            shape
+                .iter()
+                .map(|&d| {
+                    if d < 0 {
+                        self.numel() / known
+                    } else {
+                        d as usize
+                    }
+                })
+                .collect()
         } else {
             shape.iter().map(|&d| d as usize).collect()
         };
@@ -484,7 +593,8 @@ impl Tensor {
         let d = norm_dim(dim, self.ndim() + 1).unwrap_or_else(|e| panic!("{e}"));
         let mut shape = self.shape().to_vec();
         shape.insert(d, 1);
-        self.try_reshape_exact(shape, None).unwrap_or_else(|e| panic!("{e}"))
+        self.try_reshape_exact(shape, None)
+            .unwrap_or_else(|e| panic!("{e}"))
     }
     /// Removes axis `dim` if it has size 1.
     #[track_caller]
@@ -495,19 +605,28 @@ impl Tensor {
         }
         let mut shape = self.shape().to_vec();
         shape.remove(d);
-        self.try_reshape_exact(shape, None).unwrap_or_else(|e| panic!("{e}"))
+        self.try_reshape_exact(shape, None)
+            .unwrap_or_else(|e| panic!("{e}"))
     }
     #[track_caller]
     pub fn try_permute(&self, dims: &[isize]) -> Result<Tensor> {
         if dims.len() != self.ndim() {
             return Err(Error::shape(
                 "permute",
-                format!("{dims:?} has {} entries for a tensor of rank {}", dims.len(), self.ndim()),
+                format!(
+                    "{dims:?} has {} entries for a tensor of rank {}",
+                    dims.len(),
+                    self.ndim()
+                ),
             ));
         }
         let mut perm = Vec::with_capacity(dims.len());
         for &d in dims {
-            perm.push(norm_dim(d, self.ndim()).map_err(|_| Error::shape("permute", format!("{dims:?} is not a permutation")))?);
+            perm.push(
+                norm_dim(d, self.ndim()).map_err(|_| {
+                    Error::shape("permute", format!("{dims:?} is not a permutation"))
+                })?,
+            );
         }
         if perm.iter().enumerate().all(|(i, &p)| i == p) {
             return Ok(self.clone());
@@ -531,7 +650,11 @@ impl Tensor {
     /// Transpose of a matrix (`.t()`).
     #[track_caller]
     pub fn t(&self) -> Tensor {
-        assert!(self.ndim() <= 2, "t() expects a tensor of rank <= 2, got shape {:?}", self.shape());
+        assert!(
+            self.ndim() <= 2,
+            "t() expects a tensor of rank <= 2, got shape {:?}",
+            self.shape()
+        );
         if self.ndim() < 2 {
             return self.clone();
         }
@@ -548,7 +671,11 @@ impl Tensor {
         if !ok {
             return Err(Error::shape(
                 "expand",
-                format!("cannot broadcast {} to {}", fmt_shape(self.shape()), fmt_shape(shape)),
+                format!(
+                    "cannot broadcast {} to {}",
+                    fmt_shape(self.shape()),
+                    fmt_shape(shape)
+                ),
             ));
         }
         let mut padded = vec![1; shape.len() - self.ndim()];
@@ -561,7 +688,8 @@ impl Tensor {
     }
     #[track_caller]
     pub fn broadcast_to(&self, shape: &[usize]) -> Tensor {
-        self.try_broadcast_to(shape).unwrap_or_else(|e| panic!("{e}"))
+        self.try_broadcast_to(shape)
+            .unwrap_or_else(|e| panic!("{e}"))
     }
     /// `x.expand(sizes)`: `-1` keeps a size; new leading axes may be added.
     #[track_caller]
@@ -570,7 +698,13 @@ impl Tensor {
         let shape: Vec<usize> = sizes
             .iter()
             .enumerate()
-            .map(|(i, &s)| if s < 0 && i >= lead { self.shape()[i - lead] } else { s.max(0) as usize })
+            .map(|(i, &s)| {
+                if s < 0 && i >= lead {
+                    self.shape()[i - lead]
+                } else {
+                    s.max(0) as usize
+                }
+            })
             .collect();
         self.broadcast_to(&shape)
     }
@@ -583,7 +717,12 @@ impl Tensor {
     /// (negative indices count from the end, out-of-range bounds are clamped).
     #[track_caller]
     pub fn try_slice(&self, dim: isize, start: isize, end: isize, step: usize) -> Result<Tensor> {
-        let d = norm_dim(dim, self.ndim()).map_err(|_| Error::shape("slice", format!("dim {dim} out of range for rank {}", self.ndim())))?;
+        let d = norm_dim(dim, self.ndim()).map_err(|_| {
+            Error::shape(
+                "slice",
+                format!("dim {dim} out of range for rank {}", self.ndim()),
+            )
+        })?;
         if step == 0 {
             return Err(Error::shape("slice", "step must be positive"));
         }
@@ -591,7 +730,11 @@ impl Tensor {
         let clampi = |i: isize| if i < 0 { (i + n).max(0) } else { i.min(n) } as usize;
         let (s, e) = (clampi(start), clampi(end));
         let mut axes: Vec<SliceAxis> = self.shape().iter().map(|&n| SliceAxis::full(n)).collect();
-        axes[d] = SliceAxis { start: s, end: e.max(s), step };
+        axes[d] = SliceAxis {
+            start: s,
+            end: e.max(s),
+            step,
+        };
         if axes[d] == SliceAxis::full(n as usize) {
             return Ok(self.clone());
         }
@@ -599,7 +742,8 @@ impl Tensor {
     }
     #[track_caller]
     pub fn slice(&self, dim: isize, start: isize, end: isize, step: usize) -> Tensor {
-        self.try_slice(dim, start, end, step).unwrap_or_else(|e| panic!("{e}"))
+        self.try_slice(dim, start, end, step)
+            .unwrap_or_else(|e| panic!("{e}"))
     }
     /// `length` elements from `start` along `dim` (`x.narrow`).
     #[track_caller]
@@ -608,14 +752,18 @@ impl Tensor {
         if start + length > self.shape()[d] {
             return Err(Error::shape(
                 "narrow",
-                format!("start {start} + length {length} exceeds size {} of dim {dim}", self.shape()[d]),
+                format!(
+                    "start {start} + length {length} exceeds size {} of dim {dim}",
+                    self.shape()[d]
+                ),
             ));
         }
         self.try_slice(dim, start as isize, (start + length) as isize, 1)
     }
     #[track_caller]
     pub fn narrow(&self, dim: isize, start: usize, length: usize) -> Tensor {
-        self.try_narrow(dim, start, length).unwrap_or_else(|e| panic!("{e}"))
+        self.try_narrow(dim, start, length)
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Constant padding in PyTorch's order: `pad = [last_lo, last_hi, prev_lo, prev_hi, ...]`.
@@ -625,7 +773,10 @@ impl Tensor {
         if pad.len() % 2 != 0 || pad.len() / 2 > self.ndim() {
             return Err(Error::shape(
                 "pad",
-                format!("pad {pad:?} must have an even length of at most 2 x rank ({})", self.ndim()),
+                format!(
+                    "pad {pad:?} must have an even length of at most 2 x rank ({})",
+                    self.ndim()
+                ),
             ));
         }
         let r = self.ndim();
@@ -639,7 +790,10 @@ impl Tensor {
                 let s = (-l).max(0);
                 let e = n - (-h).max(0);
                 if e < s {
-                    return Err(Error::shape("pad", format!("negative padding {pad:?} removes all of axis {ax}")));
+                    return Err(Error::shape(
+                        "pad",
+                        format!("negative padding {pad:?} removes all of axis {ax}"),
+                    ));
                 }
                 x = x.try_slice(ax as isize, s, e, 1)?;
             }
@@ -664,12 +818,25 @@ impl Tensor {
     pub fn try_matmul(&self, other: &Tensor) -> Result<Tensor> {
         let (ra, rb) = (self.ndim(), other.ndim());
         if ra == 0 || rb == 0 {
-            return Err(Error::shape("matmul", "both arguments need at least one dimension"));
+            return Err(Error::shape(
+                "matmul",
+                "both arguments need at least one dimension",
+            ));
         }
         let dt = promote(self.dtype(), other.dtype());
         let dt = if dt.is_float() { dt } else { DType::F32 };
-        let a = if ra == 1 { self.unsqueeze(0) } else { self.clone() }.try_to_dtype(dt)?;
-        let b = if rb == 1 { other.unsqueeze(1) } else { other.clone() }.try_to_dtype(dt)?;
+        let a = if ra == 1 {
+            self.unsqueeze(0)
+        } else {
+            self.clone()
+        }
+        .try_to_dtype(dt)?;
+        let b = if rb == 1 {
+            other.unsqueeze(1)
+        } else {
+            other.clone()
+        }
+        .try_to_dtype(dt)?;
         let (sa, sb) = (a.shape().to_vec(), b.shape().to_vec());
         let (m, k) = (sa[sa.len() - 2], sa[sa.len() - 1]);
         let (k2, n) = (sb[sb.len() - 2], sb[sb.len() - 1]);
@@ -683,14 +850,26 @@ impl Tensor {
                 ),
             ));
         }
-        let batch = broadcast_shapes(&sa[..sa.len() - 2], &sb[..sb.len() - 2]).ok_or_else(|| {
-            Error::shape("matmul", format!("batch dims of {} and {} do not broadcast", fmt_shape(&sa), fmt_shape(&sb)))
-        })?;
+        let batch =
+            broadcast_shapes(&sa[..sa.len() - 2], &sb[..sb.len() - 2]).ok_or_else(|| {
+                Error::shape(
+                    "matmul",
+                    format!(
+                        "batch dims of {} and {} do not broadcast",
+                        fmt_shape(&sa),
+                        fmt_shape(&sb)
+                    ),
+                )
+            })?;
         let mut fa = batch.clone();
         fa.extend([m, k]);
         let mut fb = batch.clone();
         fb.extend([k, n]);
-        let out = Tensor::apply(Op::MatMul, vec![a.try_broadcast_to(&fa)?, b.try_broadcast_to(&fb)?], Some("Mm"))?;
+        let out = Tensor::apply(
+            Op::MatMul,
+            vec![a.try_broadcast_to(&fa)?, b.try_broadcast_to(&fb)?],
+            Some("Mm"),
+        )?;
         let mut shape = batch;
         if ra > 1 {
             shape.push(m);
@@ -709,10 +888,15 @@ impl Tensor {
 /// Concatenates tensors along `dim` (`torch.cat`).
 #[track_caller]
 pub fn try_cat(tensors: &[&Tensor], dim: isize) -> Result<Tensor> {
-    let first = tensors.first().ok_or_else(|| Error::shape("cat", "expected a non-empty list of tensors"))?;
+    let first = tensors
+        .first()
+        .ok_or_else(|| Error::shape("cat", "expected a non-empty list of tensors"))?;
     let d = norm_dim(dim, first.ndim())?;
     let dt = tensors.iter().map(|t| t.dtype()).max().expect("non-empty");
-    let parts: Vec<Tensor> = tensors.iter().map(|t| t.try_to_dtype(dt)).collect::<Result<_>>()?;
+    let parts: Vec<Tensor> = tensors
+        .iter()
+        .map(|t| t.try_to_dtype(dt))
+        .collect::<Result<_>>()?;
     if parts.len() == 1 {
         return Ok(parts[0].clone());
     }
@@ -735,7 +919,11 @@ pub fn stack(tensors: &[&Tensor], dim: isize) -> Tensor {
 
 /// `torch.where(cond, a, b)` with broadcasting; `a` and `b` may be scalars.
 #[track_caller]
-pub fn where_<'a, 'b>(cond: &Tensor, a: impl Into<Operand<'a>>, b: impl Into<Operand<'b>>) -> Tensor {
+pub fn where_<'a, 'b>(
+    cond: &Tensor,
+    a: impl Into<Operand<'a>>,
+    b: impl Into<Operand<'b>>,
+) -> Tensor {
     try_where(cond, a.into(), b.into(), "Where").unwrap_or_else(|e| panic!("{e}"))
 }
 
@@ -758,12 +946,27 @@ fn try_where(cond: &Tensor, a: Operand<'_>, b: Operand<'_>, label: &'static str)
         }
     };
     let shape = broadcast_shapes(cond.shape(), a.shape()).ok_or_else(|| {
-        Error::shape("where", format!("condition {} and values {} do not broadcast", fmt_shape(cond.shape()), fmt_shape(a.shape())))
+        Error::shape(
+            "where",
+            format!(
+                "condition {} and values {} do not broadcast",
+                fmt_shape(cond.shape()),
+                fmt_shape(a.shape())
+            ),
+        )
     })?;
-    let c = if cond.dtype() == DType::Bool { cond.clone() } else { cond.try_to_dtype(DType::Bool)? };
+    let c = if cond.dtype() == DType::Bool {
+        cond.clone()
+    } else {
+        cond.try_to_dtype(DType::Bool)?
+    };
     Tensor::apply(
         Op::Where,
-        vec![c.try_broadcast_to(&shape)?, a.try_broadcast_to(&shape)?, b.try_broadcast_to(&shape)?],
+        vec![
+            c.try_broadcast_to(&shape)?,
+            a.try_broadcast_to(&shape)?,
+            b.try_broadcast_to(&shape)?,
+        ],
         Some(label),
     )
 }

@@ -23,7 +23,15 @@ pub struct Sgd {
 impl Sgd {
     pub fn new(params: Vec<Tensor>, lr: f64) -> Sgd {
         let n = params.len();
-        Sgd { params, lr, momentum: 0.0, dampening: 0.0, weight_decay: 0.0, nesterov: false, buffers: vec![None; n] }
+        Sgd {
+            params,
+            lr,
+            momentum: 0.0,
+            dampening: 0.0,
+            weight_decay: 0.0,
+            nesterov: false,
+            buffers: vec![None; n],
+        }
     }
 
     pub fn momentum(mut self, momentum: f64) -> Sgd {
@@ -62,7 +70,11 @@ impl Sgd {
                         Some(b) => b.mul(self.momentum).add(&g.mul(1.0 - self.dampening)),
                     };
                     b.realize()?;
-                    g = if self.nesterov { g.add(&b.mul(self.momentum)) } else { b.clone() };
+                    g = if self.nesterov {
+                        g.add(&b.mul(self.momentum))
+                    } else {
+                        b.clone()
+                    };
                     *buf = Some(b);
                 }
                 let mut p = p.clone();

@@ -17,7 +17,12 @@ fn philox(ctr: [u32; 4], key: [u32; 2]) -> [u32; 4] {
     for _ in 0..10 {
         let p0 = M0 * c[0] as u64;
         let p1 = M1 * c[2] as u64;
-        c = [(p1 >> 32) as u32 ^ c[1] ^ k[0], p1 as u32, (p0 >> 32) as u32 ^ c[3] ^ k[1], p0 as u32];
+        c = [
+            (p1 >> 32) as u32 ^ c[1] ^ k[0],
+            p1 as u32,
+            (p0 >> 32) as u32 ^ c[3] ^ k[1],
+            p0 as u32,
+        ];
         k = [k[0].wrapping_add(W0), k[1].wrapping_add(W1)];
     }
     c
@@ -34,7 +39,12 @@ pub struct Generator {
 
 impl Generator {
     pub fn new(seed: u64) -> Generator {
-        Generator { key: [seed as u32, (seed >> 32) as u32], counter: 0, buf: [0; 4], used: 4 }
+        Generator {
+            key: [seed as u32, (seed >> 32) as u32],
+            counter: 0,
+            buf: [0; 4],
+            used: 4,
+        }
     }
 
     /// Restarts the stream from `seed`.
@@ -122,7 +132,10 @@ mod tests {
         assert_eq!(xs, ys);
         let mean = xs.iter().sum::<f64>() / xs.len() as f64;
         let var = xs.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / xs.len() as f64;
-        assert!(mean.abs() < 0.03 && (var - 1.0).abs() < 0.05, "mean {mean} var {var}");
+        assert!(
+            mean.abs() < 0.03 && (var - 1.0).abs() < 0.05,
+            "mean {mean} var {var}"
+        );
         assert!((0..1000).all(|_| a.below(10) < 10));
     }
 }

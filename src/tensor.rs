@@ -91,9 +91,19 @@ impl Tensor {
 
     /// A node of the traced program. `requires_grad` follows PyTorch: true when any operand
     /// requires grad and grad mode is on.
-    pub(crate) fn from_op(op: Op, inputs: Vec<Tensor>, ty: TensorType, loc: Loc, label: Option<&'static str>) -> Tensor {
-        let requires_grad = crate::autograd::is_grad_enabled() && inputs.iter().any(|t| t.requires_grad());
-        let snaps = inputs.iter().map(|t| t.0.storage.read().ok().and_then(|s| s.clone())).collect();
+    pub(crate) fn from_op(
+        op: Op,
+        inputs: Vec<Tensor>,
+        ty: TensorType,
+        loc: Loc,
+        label: Option<&'static str>,
+    ) -> Tensor {
+        let requires_grad =
+            crate::autograd::is_grad_enabled() && inputs.iter().any(|t| t.requires_grad());
+        let snaps = inputs
+            .iter()
+            .map(|t| t.0.storage.read().ok().and_then(|s| s.clone()))
+            .collect();
         Tensor(Arc::new(Inner {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             op,
@@ -112,13 +122,26 @@ impl Tensor {
     /// A realised leaf holding `lit`.
     pub(crate) fn leaf(lit: Literal, requires_grad: bool, loc: Loc) -> Tensor {
         let ty = lit.ty();
-        Tensor::leaf_with_storage(Arc::new(RwLock::new(Some(Arc::new(lit)))), ty, requires_grad, loc)
+        Tensor::leaf_with_storage(
+            Arc::new(RwLock::new(Some(Arc::new(lit)))),
+            ty,
+            requires_grad,
+            loc,
+        )
     }
 
-    pub(crate) fn leaf_with_storage(storage: Storage, ty: TensorType, requires_grad: bool, loc: Loc) -> Tensor {
+    pub(crate) fn leaf_with_storage(
+        storage: Storage,
+        ty: TensorType,
+        requires_grad: bool,
+        loc: Loc,
+    ) -> Tensor {
         Tensor(Arc::new(Inner {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-            op: Op::Input { name: String::new(), ty: ty.clone() },
+            op: Op::Input {
+                name: String::new(),
+                ty: ty.clone(),
+            },
             inputs: RwLock::new(Vec::new()),
             snaps: RwLock::new(Vec::new()),
             ty,
@@ -145,7 +168,8 @@ impl Tensor {
 
     #[track_caller]
     pub fn try_from_vec<T: Element>(data: Vec<T>, shape: impl Into<Vec<usize>>) -> Result<Tensor> {
-        let lit = Literal::new(shape, T::into_data(data)).map_err(|m| Error::shape("from_vec", m))?;
+        let lit =
+            Literal::new(shape, T::into_data(data)).map_err(|m| Error::shape("from_vec", m))?;
         Ok(Tensor::leaf(lit, false, Loc::caller()))
     }
 
@@ -206,7 +230,11 @@ impl Tensor {
 
     /// Uniform samples in [0, 1) from `generator` (`torch.rand(..., generator=g)`).
     #[track_caller]
-    pub fn rand_with(shape: impl Into<Vec<usize>>, dtype: DType, generator: &mut Generator) -> Tensor {
+    pub fn rand_with(
+        shape: impl Into<Vec<usize>>,
+        dtype: DType,
+        generator: &mut Generator,
+    ) -> Tensor {
         let shape = shape.into();
         let n = kiln_ir::shape::numel(&shape);
         let data = match dtype {
@@ -218,7 +246,11 @@ impl Tensor {
 
     /// Standard normal samples from `generator` (`torch.randn(..., generator=g)`).
     #[track_caller]
-    pub fn randn_with(shape: impl Into<Vec<usize>>, dtype: DType, generator: &mut Generator) -> Tensor {
+    pub fn randn_with(
+        shape: impl Into<Vec<usize>>,
+        dtype: DType,
+        generator: &mut Generator,
+    ) -> Tensor {
         let shape = shape.into();
         let n = kiln_ir::shape::numel(&shape);
         let vals: Vec<f64> = (0..n).map(|_| generator.normal()).collect();
@@ -244,12 +276,26 @@ impl Tensor {
 
     /// Integers uniform in `[low, high)` as i64 (`torch.randint`).
     #[track_caller]
-    pub fn randint_with(low: i64, high: i64, shape: impl Into<Vec<usize>>, generator: &mut Generator) -> Tensor {
+    pub fn randint_with(
+        low: i64,
+        high: i64,
+        shape: impl Into<Vec<usize>>,
+        generator: &mut Generator,
+    ) -> Tensor {
         assert!(high > low, "randint: empty range {low}..{high}");
         let shape = shape.into();
         let n = kiln_ir::shape::numel(&shape);
-        let v: Vec<i64> = (0..n).map(|_| low + generator.below((high - low) as u64) as i64).collect();
-        Tensor::leaf(Literal { shape, data: Data::I64(v) }, false, Loc::caller())
+        let v: Vec<i64> = (0..n)
+            .map(|_| low + generator.below((high - low) as u64) as i64)
+            .collect();
+        Tensor::leaf(
+            Literal {
+                shape,
+                data: Data::I64(v),
+            },
+            false,
+            Loc::caller(),
+        )
     }
 
     fn relocated(self, loc: Loc) -> Tensor {
@@ -326,16 +372,28 @@ impl Tensor {
     }
 
     pub fn name(&self) -> Option<String> {
-        self.0.name.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.0
+            .name
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub(crate) fn inputs(&self) -> Vec<Tensor> {
-        self.0.inputs.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.0
+            .inputs
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Operand values captured when this node was recorded (see `Inner::snaps`).
     pub(crate) fn snapshots(&self) -> Vec<Option<Arc<Literal>>> {
-        self.0.snaps.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.0
+            .snaps
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// PyTorch's `grad_fn` name (`AddBackward0`, `MeanBackward0`, ...), `None` for tensors
@@ -350,7 +408,11 @@ impl Tensor {
                 let n = self.0.op.name();
                 let mut c = n.chars();
                 match c.next() {
-                    Some(f) => f.to_uppercase().chain(c).collect::<String>().replace('_', ""),
+                    Some(f) => f
+                        .to_uppercase()
+                        .chain(c)
+                        .collect::<String>()
+                        .replace('_', ""),
                     None => String::new(),
                 }
             }
@@ -361,7 +423,11 @@ impl Tensor {
     /// The realised value (realising it first).
     pub fn literal(&self) -> Result<Arc<Literal>> {
         self.realize()?;
-        let s = self.0.storage.read().map_err(|_| Error::Borrow("storage lock poisoned".into()))?;
+        let s = self
+            .0
+            .storage
+            .read()
+            .map_err(|_| Error::Borrow("storage lock poisoned".into()))?;
         Ok(s.clone().expect("realize() stores a value"))
     }
 
@@ -384,7 +450,10 @@ impl Tensor {
         if self.numel() != 1 {
             return Err(Error::shape(
                 "item",
-                format!("only one-element tensors can be converted to a scalar, got shape {:?}", self.shape()),
+                format!(
+                    "only one-element tensors can be converted to a scalar, got shape {:?}",
+                    self.shape()
+                ),
             ));
         }
         Ok(self.literal()?.data.get_f64(0))

@@ -20,7 +20,9 @@ fn arg<'a>(args: &'a Value, key: &str) -> Result<&'a Value, String> {
 }
 
 fn f64_arg(args: &Value, key: &str) -> Result<f64, String> {
-    arg(args, key)?.as_f64().ok_or_else(|| format!("args.{key} is not a number"))
+    arg(args, key)?
+        .as_f64()
+        .ok_or_else(|| format!("args.{key} is not a number"))
 }
 
 fn opt_f64(args: &Value, key: &str) -> Option<f64> {
@@ -28,7 +30,9 @@ fn opt_f64(args: &Value, key: &str) -> Option<f64> {
 }
 
 fn i64_arg(args: &Value, key: &str) -> Result<i64, String> {
-    arg(args, key)?.as_i64().ok_or_else(|| format!("args.{key} is not an integer"))
+    arg(args, key)?
+        .as_i64()
+        .ok_or_else(|| format!("args.{key} is not an integer"))
 }
 
 fn bool_arg(args: &Value, key: &str, default: bool) -> bool {
@@ -38,8 +42,16 @@ fn bool_arg(args: &Value, key: &str, default: bool) -> bool {
 /// An int or a list of ints (PyTorch's `_size_any_t`).
 fn ints(args: &Value, key: &str) -> Result<Vec<i64>, String> {
     match arg(args, key)? {
-        Value::Number(n) => Ok(vec![n.as_i64().ok_or_else(|| format!("args.{key} is not an integer"))?]),
-        Value::Array(v) => v.iter().map(|x| x.as_i64().ok_or_else(|| format!("args.{key} has a non-integer"))).collect(),
+        Value::Number(n) => Ok(vec![n
+            .as_i64()
+            .ok_or_else(|| format!("args.{key} is not an integer"))?]),
+        Value::Array(v) => v
+            .iter()
+            .map(|x| {
+                x.as_i64()
+                    .ok_or_else(|| format!("args.{key} has a non-integer"))
+            })
+            .collect(),
         _ => Err(format!("args.{key} is neither an int nor a list")),
     }
 }
@@ -56,7 +68,11 @@ fn isizes(args: &Value, key: &str) -> Result<Vec<isize>, String> {
 }
 
 fn reduction(args: &Value) -> Result<Reduction, String> {
-    match args.get("reduction").and_then(Value::as_str).unwrap_or("mean") {
+    match args
+        .get("reduction")
+        .and_then(Value::as_str)
+        .unwrap_or("mean")
+    {
         "mean" => Ok(Reduction::Mean),
         "sum" => Ok(Reduction::Sum),
         "none" => Ok(Reduction::None),
@@ -65,11 +81,17 @@ fn reduction(args: &Value) -> Result<Reduction, String> {
 }
 
 fn input<'a>(ins: &'a [Tensor], i: usize, op: &str) -> Result<&'a Tensor, String> {
-    ins.get(i).ok_or_else(|| format!("{op} needs at least {} inputs", i + 1))
+    ins.get(i)
+        .ok_or_else(|| format!("{op} needs at least {} inputs", i + 1))
 }
 
 /// Runs one op with PyTorch's argument names and semantics; returns its outputs in order.
-fn run_op(op: &str, args: &Value, names: &[String], ins: &mut [Tensor]) -> Result<Vec<Tensor>, String> {
+fn run_op(
+    op: &str,
+    args: &Value,
+    names: &[String],
+    ins: &mut [Tensor],
+) -> Result<Vec<Tensor>, String> {
     let named = |n: &str| names.iter().position(|x| x == n).map(|i| ins[i].clone());
     let x = input(ins, 0, op)?.clone();
     let unary = |f: fn(&Tensor) -> Tensor| Ok(vec![f(&x)]);
@@ -96,7 +118,11 @@ fn run_op(op: &str, args: &Value, names: &[String], ins: &mut [Tensor]) -> Resul
             }])
         }
         "clamp" => Ok(vec![x.clamp(opt_f64(args, "min"), opt_f64(args, "max"))]),
-        "where" => Ok(vec![kiln::where_(&x, input(ins, 1, op)?, input(ins, 2, op)?)]),
+        "where" => Ok(vec![kiln::where_(
+            &x,
+            input(ins, 1, op)?,
+            input(ins, 2, op)?,
+        )]),
         "sum" | "mean" | "amax" => {
             let keep = bool_arg(args, "keepdim", false);
             let dims = match args.get("dim") {
@@ -116,9 +142,13 @@ fn run_op(op: &str, args: &Value, names: &[String], ins: &mut [Tensor]) -> Resul
         "log_softmax" => Ok(vec![F::log_softmax(&x, i64_arg(args, "dim")? as isize)]),
         "matmul" => Ok(vec![x.matmul(input(ins, 1, op)?)]),
         "linear" => Ok(vec![F::linear(&x, input(ins, 1, op)?, ins.get(2))]),
-        "conv1d" | "conv2d" | "conv3d" | "conv_transpose1d" | "conv_transpose2d" | "conv_transpose3d" => {
-            let (stride, padding, dilation) =
-                (usizes(args, "stride", &[1])?, usizes(args, "padding", &[0])?, usizes(args, "dilation", &[1])?);
+        "conv1d" | "conv2d" | "conv3d" | "conv_transpose1d" | "conv_transpose2d"
+        | "conv_transpose3d" => {
+            let (stride, padding, dilation) = (
+                usizes(args, "stride", &[1])?,
+                usizes(args, "padding", &[0])?,
+                usizes(args, "dilation", &[1])?,
+            );
             let output_padding = usizes(args, "output_padding", &[0])?;
             let opts = ConvOpts {
                 stride: &stride,
@@ -137,13 +167,24 @@ fn run_op(op: &str, args: &Value, names: &[String], ins: &mut [Tensor]) -> Resul
             Ok(vec![r.map_err(|e| e.to_string())?])
         }
         "max_pool1d" | "max_pool2d" | "max_pool3d" | "avg_pool1d" | "avg_pool2d" | "avg_pool3d" => {
-            let nd = op[op.len() - 2..op.len() - 1].parse::<usize>().map_err(|e| e.to_string())?;
+            let nd = op[op.len() - 2..op.len() - 1]
+                .parse::<usize>()
+                .map_err(|e| e.to_string())?;
             let k = usizes(args, "kernel_size", &[])?;
             let s = usizes(args, "stride", &[])?;
             let p = usizes(args, "padding", &[0])?;
             let d = usizes(args, "dilation", &[1])?;
-            let opts = PoolOpts { kernel_size: &k, stride: &s, padding: &p, dilation: &d };
-            let r = if op.starts_with("max") { F::try_max_pool(&x, nd, &opts) } else { F::try_avg_pool(&x, nd, &opts) };
+            let opts = PoolOpts {
+                kernel_size: &k,
+                stride: &s,
+                padding: &p,
+                dilation: &d,
+            };
+            let r = if op.starts_with("max") {
+                F::try_max_pool(&x, nd, &opts)
+            } else {
+                F::try_avg_pool(&x, nd, &opts)
+            };
             Ok(vec![r.map_err(|e| e.to_string())?])
         }
         "batch_norm" => {
@@ -168,11 +209,15 @@ fn run_op(op: &str, args: &Value, names: &[String], ins: &mut [Tensor]) -> Resul
         "mse_loss" => Ok(vec![F::mse_loss(&x, input(ins, 1, op)?, reduction(args)?)]),
         "l1_loss" => Ok(vec![F::l1_loss(&x, input(ins, 1, op)?, reduction(args)?)]),
         "cross_entropy" | "nll_loss" => {
-            let ignore = args.get("ignore_index").and_then(Value::as_i64).unwrap_or(-100);
+            let ignore = args
+                .get("ignore_index")
+                .and_then(Value::as_i64)
+                .unwrap_or(-100);
             let w = named("weight");
             let t = input(ins, 1, op)?;
             Ok(vec![if op == "nll_loss" {
-                F::try_nll_loss(&x, t, w.as_ref(), ignore, reduction(args)?).map_err(|e| e.to_string())?
+                F::try_nll_loss(&x, t, w.as_ref(), ignore, reduction(args)?)
+                    .map_err(|e| e.to_string())?
             } else {
                 F::cross_entropy(&x, t, w.as_ref(), ignore, reduction(args)?)
             }])
@@ -184,31 +229,55 @@ fn run_op(op: &str, args: &Value, names: &[String], ins: &mut [Tensor]) -> Resul
             named("pos_weight").as_ref(),
             reduction(args)?,
         )]),
-        "binary_cross_entropy" => {
-            Ok(vec![F::binary_cross_entropy(&x, input(ins, 1, op)?, named("weight").as_ref(), reduction(args)?)])
-        }
-        "reshape" | "view" => Ok(vec![x.try_reshape(&isizes(args, "shape")?).map_err(|e| e.to_string())?]),
-        "permute" => Ok(vec![x.try_permute(&isizes(args, "dims")?).map_err(|e| e.to_string())?]),
-        "transpose" => Ok(vec![x.transpose(i64_arg(args, "dim0")? as isize, i64_arg(args, "dim1")? as isize)]),
+        "binary_cross_entropy" => Ok(vec![F::binary_cross_entropy(
+            &x,
+            input(ins, 1, op)?,
+            named("weight").as_ref(),
+            reduction(args)?,
+        )]),
+        "reshape" | "view" => Ok(vec![x
+            .try_reshape(&isizes(args, "shape")?)
+            .map_err(|e| e.to_string())?]),
+        "permute" => Ok(vec![x
+            .try_permute(&isizes(args, "dims")?)
+            .map_err(|e| e.to_string())?]),
+        "transpose" => Ok(vec![x.transpose(
+            i64_arg(args, "dim0")? as isize,
+            i64_arg(args, "dim1")? as isize,
+        )]),
         "cat" | "concat" => {
             let all: Vec<&Tensor> = ins.iter().collect();
-            Ok(vec![kiln::try_cat(&all, i64_arg(args, "dim")? as isize).map_err(|e| e.to_string())?])
+            Ok(vec![
+                kiln::try_cat(&all, i64_arg(args, "dim")? as isize).map_err(|e| e.to_string())?
+            ])
         }
         "stack" => {
             let all: Vec<&Tensor> = ins.iter().collect();
             Ok(vec![kiln::stack(&all, i64_arg(args, "dim")? as isize)])
         }
         "narrow" => Ok(vec![x
-            .try_narrow(i64_arg(args, "dim")? as isize, i64_arg(args, "start")? as usize, i64_arg(args, "length")? as usize)
+            .try_narrow(
+                i64_arg(args, "dim")? as isize,
+                i64_arg(args, "start")? as usize,
+                i64_arg(args, "length")? as usize,
+            )
             .map_err(|e| e.to_string())?]),
-        "pad" => Ok(vec![x.try_pad(&isizes(args, "pad")?, opt_f64(args, "value").unwrap_or(0.0)).map_err(|e| e.to_string())?]),
+        "pad" => Ok(vec![x
+            .try_pad(&isizes(args, "pad")?, opt_f64(args, "value").unwrap_or(0.0))
+            .map_err(|e| e.to_string())?]),
         "expand" => Ok(vec![x.expand(&isizes(args, "shape")?)]),
         "flatten" => Ok(vec![x.flatten(
             args.get("start_dim").and_then(Value::as_i64).unwrap_or(0) as isize,
             args.get("end_dim").and_then(Value::as_i64).unwrap_or(-1) as isize,
         )]),
-        "leaky_relu" => Ok(vec![x.leaky_relu(opt_f64(args, "negative_slope").unwrap_or(0.01))]),
-        other => Err(format!("op `{other}` is not supported by the parity runner")),
+        "leaky_relu" => {
+            Ok(vec![x.leaky_relu(
+                opt_f64(args, "negative_slope").unwrap_or(0.01),
+            )])
+        }
+        other => Err(format!(
+            "op `{other}` is not supported by the parity runner"
+        )),
     }
 }
 
@@ -221,13 +290,21 @@ fn run_case(fx: &Fixture) -> Result<String, String> {
     let mut ins: Vec<Tensor> = Vec::new();
     for n in &names {
         let t = fx.get(n)?.clone();
-        ins.push(if grads.contains(n) { t.requires_grad_(true) } else { t });
+        ins.push(if grads.contains(n) {
+            t.requires_grad_(true)
+        } else {
+            t
+        });
     }
     let leaves = ins.clone();
     let outs = run_op(fx.op(), &args, &names, &mut ins)?;
     let out_names = fx.list("outputs");
     if outs.len() != out_names.len() {
-        return Err(format!("kiln gave {} outputs, the fixture has {}", outs.len(), out_names.len()));
+        return Err(format!(
+            "kiln gave {} outputs, the fixture has {}",
+            outs.len(),
+            out_names.len()
+        ));
     }
     let mut worst = 0.0f64;
     let mut total: Option<Tensor> = None;
@@ -249,11 +326,23 @@ fn run_case(fx: &Fixture) -> Result<String, String> {
     }
     if !grads.is_empty() {
         let total = total.ok_or("the fixture has gradients but kiln's outputs carry none")?;
-        total.try_backward(None).map_err(|e| format!("backward: {e}"))?;
+        total
+            .try_backward(None)
+            .map_err(|e| format!("backward: {e}"))?;
         for g in &grads {
-            let i = names.iter().position(|n| n == g).ok_or_else(|| format!("grad.{g} names no input"))?;
-            let got = leaves[i].grad().ok_or_else(|| format!("kiln computed no gradient for `{g}`"))?;
-            worst = worst.max(compare(&format!("grad.{g}"), &got, fx.get(&format!("grad.{g}"))?, tol)?);
+            let i = names
+                .iter()
+                .position(|n| n == g)
+                .ok_or_else(|| format!("grad.{g} names no input"))?;
+            let got = leaves[i]
+                .grad()
+                .ok_or_else(|| format!("kiln computed no gradient for `{g}`"))?;
+            worst = worst.max(compare(
+                &format!("grad.{g}"),
+                &got,
+                fx.get(&format!("grad.{g}"))?,
+                tol,
+            )?);
         }
     }
     Ok(format!("max rel err {worst:.1e} (tol {tol:e})"))
@@ -262,7 +351,11 @@ fn run_case(fx: &Fixture) -> Result<String, String> {
 #[test]
 fn torch_parity() {
     let files = fixture_files();
-    assert!(!files.is_empty(), "no fixtures found in {}", common::fixture_dir().display());
+    assert!(
+        !files.is_empty(),
+        "no fixtures found in {}",
+        common::fixture_dir().display()
+    );
     let (mut passed, mut failed, mut not_single) = (Vec::new(), Vec::new(), Vec::new());
     for path in &files {
         let fx = match Fixture::load(path) {
@@ -297,10 +390,18 @@ fn torch_parity() {
         not_single.len(),
         not_single.join(", ")
     );
-    assert!(failed.is_empty(), "{} of {} single-op cases failed (see FAIL lines above)", failed.len(), failed.len() + passed.len());
+    assert!(
+        failed.is_empty(),
+        "{} of {} single-op cases failed (see FAIL lines above)",
+        failed.len(),
+        failed.len() + passed.len()
+    );
     assert!(!passed.is_empty(), "no single-op case ran");
 }
 
 fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
-    p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default()
+    p.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_default()
 }

@@ -163,6 +163,19 @@ impl Graph {
 
     /// [`Graph::push`] with an explicit source location.
     pub fn push_at(&mut self, op: Op, operands: &[NodeId], loc: Option<Loc>) -> Result<NodeId> {
+        let taken = match &op {
+            Op::Input { name, .. } => self.inputs.contains_key(name).then_some(("input", name)),
+            Op::Param { name, .. } => self.params.contains_key(name).then_some(("param", name)),
+            _ => None,
+        };
+        if let Some((kind, name)) = taken {
+            return Err(IrError::Shape {
+                op: kind.to_string(),
+                operands: String::new(),
+                msg: format!("the graph already has a {kind} named `{name}`"),
+                loc,
+            });
+        }
         let tys: Vec<&TensorType> = operands.iter().map(|&o| &self.g[o].ty).collect();
         let ty = infer(&op, &tys).map_err(|msg| IrError::Shape {
             op: op.name().to_string(),
@@ -187,7 +200,8 @@ impl Graph {
     }
 
     /// Adds a node as given, without checking it: for the parser and for tests that build
-    /// malformed graphs on purpose. Run the verifier afterwards.
+    /// malformed graphs on purpose. Run the verifier afterwards. A repeated input or param
+    /// name replaces the map entry (the verifier then reports the orphaned node).
     pub fn push_node(&mut self, node: Node, operands: &[NodeId]) -> NodeId {
         let name = match &node.op {
             Op::Input { name, .. } => Some((true, name.clone())),
@@ -233,10 +247,12 @@ impl Graph {
         }
     }
 
-    /// Removes a node and its edges; inputs and params maps drop it too.
+    /// Removes a node and its edges; the inputs, params and outputs maps drop it too, and
+    /// gradient tags naming it are cleared.
     pub fn remove_node(&mut self, id: NodeId) -> Option<Node> {
         self.inputs.retain(|_, v| *v != id);
         self.params.retain(|_, v| *v != id);
+        self.outputs.retain(|_, v| *v != id);
         let node = self.g.remove_node(id)?;
         for n in self.g.node_weights_mut() {
             if n.grad_of == Some(id) {
@@ -287,16 +303,21 @@ impl Graph {
         order
     }
 
-    /// Context of a node for error messages.
+    /// Context of a node for error messages. Nodes are numbered as the text form prints them
+    /// (`text::print_order`), so an error names the `%n` seen in an IR dump.
     pub fn context(&self, id: NodeId) -> NodeContext {
+        let order = crate::text::print_order(self);
+        let num: std::collections::HashMap<NodeId, usize> =
+            order.iter().enumerate().map(|(i, &n)| (n, i)).collect();
+        let label = |n: NodeId| num.get(&n).copied().unwrap_or(n.index());
         let n = &self.g[id];
         NodeContext {
-            node: id.index(),
+            node: label(id),
             op: n.op.name().to_string(),
             operands: self
                 .operands(id)
                 .iter()
-                .map(|&o| format!("%{}: {}", o.index(), self.g[o].ty))
+                .map(|&o| format!("%{}: {}", label(o), self.g[o].ty))
                 .collect(),
             loc: n.loc.clone(),
         }
@@ -372,6 +393,7 @@ impl Graph {
     pub fn reduce(&mut self, op: ReduceOp, a: NodeId, axes: Vec<usize>) -> Result<NodeId> {
         self.push(Op::Reduce { op, axes }, &[a])
     }
+    /// Reshapes `a`; returns `a` itself when the shape is unchanged (so does [`Graph::expand`]).
     pub fn reshape(&mut self, a: NodeId, shape: Vec<usize>) -> Result<NodeId> {
         if self.shape(a) == shape.as_slice() {
             return Ok(a);
@@ -429,6 +451,17 @@ impl Graph {
         let from = self.shape(a).to_vec();
         if from == shape {
             return Ok(a);
+        }
+        if crate::shape::broadcast_shapes(&from, shape).as_deref() != Some(from.as_slice()) {
+            return Err(IrError::Shape {
+                op: "sum_to".into(),
+                operands: crate::shape::fmt_shape(&from),
+                msg: format!(
+                    "{} does not broadcast to this shape",
+                    crate::shape::fmt_shape(shape)
+                ),
+                loc: self.origin.0.clone(),
+            });
         }
         let lead = from.len() - shape.len();
         let mut axes: Vec<usize> = (0..lead).collect();

@@ -3,13 +3,29 @@
 //! A pure function, used when a node is created (so a shape error is reported at the user's
 //! line) and again by the verifier after every transformation.
 
-use crate::op::{BinaryOp, ConvParams, Op, ReduceOp, UnaryOp};
+use crate::op::{BinaryOp, ConvParams, Op, UnaryOp};
 use crate::shape::{fmt_shape, numel};
 use crate::{DType, TensorType};
 
 /// The result type of `op` applied to operands of types `args`, or a message saying what is
 /// wrong (the caller adds the op, the operand types and the source location).
 pub fn infer(op: &Op, args: &[&TensorType]) -> Result<TensorType, String> {
+    let ty = infer_unchecked(op, args)?;
+    if ty
+        .shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .is_none()
+    {
+        return Err(format!(
+            "result shape {} has more elements than memory can address",
+            fmt_shape(&ty.shape)
+        ));
+    }
+    Ok(ty)
+}
+
+fn infer_unchecked(op: &Op, args: &[&TensorType]) -> Result<TensorType, String> {
     if let Some(n) = op.arity() {
         if args.len() != n {
             return Err(format!("takes {n} operand(s), got {}", args.len()));
@@ -64,13 +80,10 @@ pub fn infer(op: &Op, args: &[&TensorType]) -> Result<TensorType, String> {
         }
         Op::Cast(d) => Ok(TensorType::new(*d, args[0].shape.clone())),
         Op::Detach => Ok(args[0].clone()),
-        Op::Reduce { op, axes } => {
+        Op::Reduce { axes, .. } => {
             let a = args[0];
             if !a.dtype.is_numeric() {
                 return Err(format!("is not defined for dtype {}", a.dtype));
-            }
-            if *op == ReduceOp::Sum && a.dtype == DType::Bool {
-                return Err("cannot sum bools; cast first".into());
             }
             check_axes(axes, a.rank(), true)?;
             let mut shape = a.shape.clone();
@@ -163,8 +176,9 @@ pub fn infer(op: &Op, args: &[&TensorType]) -> Result<TensorType, String> {
                 .shape
                 .iter()
                 .zip(lo.iter().zip(hi))
-                .map(|(d, (l, h))| d + l + h)
-                .collect::<Vec<_>>();
+                .map(|(d, (l, h))| d.checked_add(*l).and_then(|v| v.checked_add(*h)))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| format!("padding {lo:?}/{hi:?} overflows"))?;
             Ok(TensorType::new(a.dtype, shape))
         }
         Op::Concat(axis) => {
@@ -220,7 +234,7 @@ pub fn infer(op: &Op, args: &[&TensorType]) -> Result<TensorType, String> {
         }
         Op::Conv(p) => {
             let (x, w) = (args[0], args[1]);
-            let nd = conv_common(p, x, w)?;
+            let nd = conv_common(p, x, w, false)?;
             let cin = x.shape[1];
             if w.shape[1] * p.groups != cin {
                 return Err(format!(
@@ -251,7 +265,7 @@ pub fn infer(op: &Op, args: &[&TensorType]) -> Result<TensorType, String> {
         }
         Op::ConvTranspose(p) => {
             let (x, w) = (args[0], args[1]);
-            let nd = conv_common(p, x, w)?;
+            let nd = conv_common(p, x, w, true)?;
             if w.shape[0] != x.shape[1] {
                 return Err(format!(
                     "weight {} expects {} input channels, input has {}",
@@ -274,7 +288,10 @@ pub fn infer(op: &Op, args: &[&TensorType]) -> Result<TensorType, String> {
                         p.output_padding[j], p.stride[j], p.dilation[j]
                     ));
                 }
-                let full = (x.shape[2 + j].max(1) - 1) * p.stride[j]
+                if x.shape[2 + j] == 0 {
+                    return Err(format!("spatial axis {j} of the input is empty"));
+                }
+                let full = (x.shape[2 + j] - 1) * p.stride[j]
                     + p.dilation[j] * (w.shape[2 + j] - 1)
                     + p.output_padding[j]
                     + 1;
@@ -297,7 +314,10 @@ pub fn infer(op: &Op, args: &[&TensorType]) -> Result<TensorType, String> {
                 ));
             }
             let nd = p.spatial_dims();
-            check_conv_params(p)?;
+            check_conv_params_for(p, false)?;
+            if kernel.contains(&0) {
+                return Err(format!("kernel sizes {kernel:?} must be positive"));
+            }
             if x.rank() != nd + 2 || dy.rank() != nd + 2 || kernel.len() != nd {
                 return Err(format!(
                     "expects rank-{} input and output gradient and {nd} kernel sizes, got {x}, {dy}, {kernel:?}",
@@ -341,6 +361,18 @@ pub fn conv_out_size(input: usize, kernel: usize, p: &ConvParams, j: usize) -> O
     Some((padded - span) / p.stride[j] + 1)
 }
 
+/// Checks the attributes shared by the conv family; `transpose` allows `output_padding`.
+fn check_conv_params_for(p: &ConvParams, transpose: bool) -> Result<(), String> {
+    check_conv_params(p)?;
+    if !transpose && p.output_padding.iter().any(|&v| v != 0) {
+        return Err(format!(
+            "output_padding {:?} applies only to conv_transpose; it must be zero here",
+            p.output_padding
+        ));
+    }
+    Ok(())
+}
+
 fn check_conv_params(p: &ConvParams) -> Result<(), String> {
     let nd = p.spatial_dims();
     if nd == 0 {
@@ -361,8 +393,13 @@ fn check_conv_params(p: &ConvParams) -> Result<(), String> {
     Ok(())
 }
 
-fn conv_common(p: &ConvParams, x: &TensorType, w: &TensorType) -> Result<usize, String> {
-    check_conv_params(p)?;
+fn conv_common(
+    p: &ConvParams,
+    x: &TensorType,
+    w: &TensorType,
+    transpose: bool,
+) -> Result<usize, String> {
+    check_conv_params_for(p, transpose)?;
     let nd = p.spatial_dims();
     if x.dtype != w.dtype || !x.dtype.is_float() {
         return Err(format!(
@@ -375,6 +412,12 @@ fn conv_common(p: &ConvParams, x: &TensorType, w: &TensorType) -> Result<usize, 
             "a {nd}-d convolution needs rank-{} input [N, C, ...] and weight, got {} and {}",
             nd + 2,
             fmt_shape(&x.shape),
+            fmt_shape(&w.shape)
+        ));
+    }
+    if w.shape[2..].contains(&0) {
+        return Err(format!(
+            "kernel {} has an empty spatial axis",
             fmt_shape(&w.shape)
         ));
     }

@@ -155,14 +155,13 @@ fn eval_with_stats(
                 op => {
                     let ops = &operands[&id];
                     let mut args: Vec<&Literal> = Vec::with_capacity(ops.len());
-                    for o in ops {
+                    for (slot, o) in ops.iter().enumerate() {
                         match values.get(o) {
                             Some(v) => args.push(v.as_ref()),
                             None => {
                                 return Err(IrError::Eval(format!(
-                                    "{}: operand %{} has no value (is the graph cyclic?)",
-                                    graph.context(id),
-                                    o.index()
+                                    "{}: operand {slot} has no value (is the graph cyclic?)",
+                                    graph.context(id)
                                 )))
                             }
                         }
@@ -224,12 +223,14 @@ fn eval_with_stats(
     Ok(out)
 }
 
-/// `input `x` (%3)`, `param `w` (%1)` or `%7 (add)`, for error messages.
+/// `input `x` (%3)`, `param `w` (%1)` or `%7 (add)`, for error messages; numbered like
+/// [`Graph::context`] (as the text form prints the graph).
 fn describe(graph: &Graph, id: NodeId) -> String {
+    let num = graph.context(id).node;
     match &graph.node(id).op {
-        Op::Input { name, .. } => format!("input `{name}` (%{})", id.index()),
-        Op::Param { name, .. } => format!("param `{name}` (%{})", id.index()),
-        op => format!("%{} ({})", id.index(), op.name()),
+        Op::Input { name, .. } => format!("input `{name}` (%{num})"),
+        Op::Param { name, .. } => format!("param `{name}` (%{num})"),
+        op => format!("%{num} ({})", op.name()),
     }
 }
 
