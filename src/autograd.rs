@@ -55,9 +55,9 @@ pub fn backward_graph(loss: &Tensor) -> Result<Graph> {
     let (lw, grads) = build_backward(loss, None)?;
     let mut g = lw.graph;
     g.set_output("loss", lw.node_of[&loss.id()]);
-    for ((_, t), gnode) in lw.params.iter().zip(grads) {
+    for ((pnode, _), gnode) in lw.params.iter().zip(grads) {
         if let Some(n) = gnode {
-            let name = match &g.node(lw.node_of[&t.id()]).op {
+            let name = match &g.node(*pnode).op {
                 Op::Param { name, .. } => name.clone(),
                 _ => unreachable!("params are param nodes"),
             };
@@ -103,7 +103,8 @@ impl Tensor {
     pub fn try_requires_grad_(self, requires_grad: bool) -> Result<Tensor> {
         if !self.is_leaf() {
             return Err(Error::Autograd(
-                "requires_grad_ can only be set on leaf tensors (made from data); use .detach() first".into(),
+                "requires_grad_ can only be set on leaf tensors (those without gradient history); use .detach() first"
+                    .into(),
             ));
         }
         if requires_grad && !self.dtype().is_float() {
@@ -115,6 +116,9 @@ impl Tensor {
         if self.requires_grad() == requires_grad {
             return Ok(self);
         }
+        // A tensor without history that is still an op (e.g. `(x * 0.3).detach()`) becomes a
+        // data leaf: compute it, then share its storage.
+        self.realize()?;
         let t = Tensor::leaf_with_storage(
             self.0.storage.clone(),
             self.ty().clone(),

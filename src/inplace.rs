@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 impl Tensor {
     fn inplace(&mut self, f: impl FnOnce(&Tensor) -> Result<Tensor>) -> Result<()> {
-        if !self.is_leaf() {
+        if !self.is_source() {
             let new = f(self)?.try_to_dtype(self.dtype())?;
             if new.shape() != self.shape() {
                 return Err(Error::shape(

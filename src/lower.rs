@@ -51,7 +51,7 @@ pub fn lower(roots: &[Tensor], grad_mode: bool) -> Result<Lowered> {
             continue;
         }
         let value = value_of(&t);
-        if t.is_leaf() || (value.is_some() && !cx.through(&t)) {
+        if t.is_source() || (value.is_some() && !cx.through(&t)) {
             let value = value.expect("leaves are realised");
             let node = cx.bound_leaf(&t, value)?;
             cx.lw.node_of.insert(t.id(), node);
@@ -76,7 +76,8 @@ pub fn lower(roots: &[Tensor], grad_mode: bool) -> Result<Lowered> {
             };
             // A tensor made without grad recording (under `no_grad`, or `.detach()`ed) is a
             // constant for differentiation even though its operands may require grad.
-            if grad_mode && !t.requires_grad() && i.requires_grad() {
+            if grad_mode && !t.requires_grad() && i.requires_grad() && !matches!(t.op(), Op::Detach)
+            {
                 n = match cx.detached.get(&n) {
                     Some(&d) => d,
                     None => {
@@ -121,7 +122,7 @@ impl Lowering {
     /// Whether an operand is bound to the value captured when its user was recorded, rather
     /// than lowered as ops.
     fn uses_snapshot(&self, t: &Tensor, snap: &Option<Arc<Literal>>) -> bool {
-        snap.is_some() && (t.is_leaf() || !self.through(t))
+        snap.is_some() && (t.is_source() || !self.through(t))
     }
 
     fn bound_leaf(&mut self, t: &Tensor, value: Arc<Literal>) -> Result<NodeId> {

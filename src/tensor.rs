@@ -352,8 +352,14 @@ impl Tensor {
         &self.0.op
     }
 
-    /// Whether this is a leaf (made from data, not by an op).
+    /// Whether this is a leaf in PyTorch's sense: made from data, or without gradient history.
+    /// Gradients are accumulated into leaves that require grad.
     pub fn is_leaf(&self) -> bool {
+        self.is_source() || !self.requires_grad()
+    }
+
+    /// Whether the tensor is a data source (holds a value and no op), as opposed to a traced op.
+    pub(crate) fn is_source(&self) -> bool {
         matches!(self.0.op, Op::Input { .. })
     }
 
@@ -399,7 +405,7 @@ impl Tensor {
     /// PyTorch's `grad_fn` name (`AddBackward0`, `MeanBackward0`, ...), `None` for tensors
     /// that do not require grad and for leaves.
     pub fn grad_fn(&self) -> Option<String> {
-        if !self.requires_grad() || self.is_leaf() {
+        if !self.requires_grad() || self.is_source() {
             return None;
         }
         let base = match self.0.label {

@@ -19,12 +19,6 @@ fn arg<'a>(args: &'a Value, key: &str) -> Result<&'a Value, String> {
     args.get(key).ok_or_else(|| format!("args has no `{key}`"))
 }
 
-fn f64_arg(args: &Value, key: &str) -> Result<f64, String> {
-    arg(args, key)?
-        .as_f64()
-        .ok_or_else(|| format!("args.{key} is not a number"))
-}
-
 fn opt_f64(args: &Value, key: &str) -> Option<f64> {
     args.get(key).and_then(Value::as_f64)
 }

@@ -88,7 +88,12 @@ pub fn grad(
     let wrt_set: HashSet<NodeId> = wrt.iter().copied().collect();
     let mut on_path: HashSet<NodeId> = HashSet::new();
     for &n in &order {
-        if wrt_set.contains(&n) || graph.operands(n).iter().any(|o| on_path.contains(o)) {
+        // Gradients never flow through `detach` or into non-float values (masks, indices), so
+        // such nodes do not carry `wrt`-dependence to their users: no dead gradient work.
+        let carries = graph.dtype(n).is_float() && !matches!(graph.node(n).op, Op::Detach);
+        if wrt_set.contains(&n)
+            || (carries && graph.operands(n).iter().any(|o| on_path.contains(o)))
+        {
             on_path.insert(n);
         }
     }

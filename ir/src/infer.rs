@@ -333,11 +333,10 @@ fn infer_unchecked(op: &Op, args: &[&TensorType]) -> Result<TensorType, String> 
                     p.groups
                 ));
             }
-            for j in 0..nd {
-                if conv_out_size(x.shape[2 + j], kernel[j], p, j) != Some(dy.shape[2 + j]) {
+            for (j, &k) in kernel.iter().enumerate() {
+                if conv_out_size(x.shape[2 + j], k, p, j) != Some(dy.shape[2 + j]) {
                     return Err(format!(
-                        "spatial axis {j}: kernel {} over input {} gives no output of size {}",
-                        kernel[j],
+                        "spatial axis {j}: kernel {k} over input {} gives no output of size {}",
                         x.shape[2 + j],
                         dy.shape[2 + j]
                     ));
