@@ -89,3 +89,52 @@ impl Tensor {
         self.inplace(|_| src.try_broadcast_to(&shape))
     }
 }
+
+/// Writes new values into realised tensors, all computed by one program: `targets[i] := values[i]`.
+///
+/// This is how optimisers update parameters and their state. Eagerly, the values are computed
+/// together (one lowering, one execution) and then stored in the targets' storage, where every
+/// alias sees them. Inside a compiled step (see `kiln::compile`), the assignments are recorded
+/// and become outputs of the compiled program, written back after each replay.
+///
+/// Each target must be a realised tensor (a leaf: parameter, buffer, optimiser state) that does
+/// not require grad or is updated under `no_grad`; each value must have the target's shape, and
+/// is converted to its dtype.
+pub fn assign(pairs: &[(&Tensor, &Tensor)]) -> Result<()> {
+    if pairs.is_empty() {
+        return Ok(());
+    }
+    let mut values = Vec::with_capacity(pairs.len());
+    for (t, v) in pairs {
+        if !t.is_source() {
+            return Err(Error::Autograd(format!(
+                "assign: the target must be a leaf holding data (a parameter or buffer); this one is made by `{}`",
+                t.op().name()
+            )));
+        }
+        if v.shape() != t.shape() {
+            return Err(Error::shape(
+                "assign",
+                format!("value shape {:?} differs from the target's shape {:?}", v.shape(), t.shape()),
+            ));
+        }
+        values.push(no_grad(|| v.try_to_dtype(t.dtype()))?);
+    }
+    if crate::compile::record_assignments(pairs.iter().map(|(t, _)| (*t).clone()).zip(values.iter().cloned())) {
+        return Ok(());
+    }
+    crate::lower::realize(&values)?;
+    for ((t, _), v) in pairs.iter().zip(&values) {
+        let value = v.literal()?;
+        let mut slot = t
+            .0
+            .storage
+            .try_write()
+            .map_err(|_| Error::Borrow("an ndarray view of an assigned tensor is alive".into()))?;
+        match slot.as_mut().and_then(Arc::get_mut) {
+            Some(lit) => lit.data = value.data.clone(),
+            None => *slot = Some(value),
+        }
+    }
+    Ok(())
+}

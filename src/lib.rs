@@ -19,6 +19,7 @@
 
 pub mod autograd;
 mod bridge;
+pub mod compile;
 mod device;
 mod display;
 pub mod error;
@@ -32,6 +33,7 @@ pub mod random;
 mod tensor;
 
 pub use autograd::{is_grad_enabled, no_grad, NoGradGuard};
+pub use inplace::assign;
 pub use bridge::{NdMut, NdRef};
 pub use device::{cuda_is_available, Device};
 pub use display::format_literal;
