@@ -7,9 +7,10 @@
 
 use crate::error::{Error, Result};
 use crate::lower::{execute, lower};
-use crate::tensor::Tensor;
+use crate::tensor::{GradGroup, Tensor};
 use kiln_ir::{autodiff, Graph, Literal, NodeId, Op, TensorType};
 use std::cell::Cell;
+use std::collections::HashSet;
 use std::sync::Arc;
 
 thread_local! {
@@ -71,7 +72,7 @@ fn build_backward(
     root: &Tensor,
     seed: Option<&Tensor>,
 ) -> Result<(crate::lower::Lowered, Vec<Option<NodeId>>)> {
-    let mut lw = lower(std::slice::from_ref(root), true)?;
+    let mut lw = lower(std::slice::from_ref(root), false)?;
     let out = lw.node_of[&root.id()];
     let seed_node = match seed {
         None => lw.graph.full(1.0, root.ty().clone())?,
@@ -88,6 +89,105 @@ fn build_backward(
     let wrt: Vec<NodeId> = lw.params.iter().map(|(n, _)| *n).collect();
     let grads = autodiff::grad(&mut lw.graph, &[(out, seed_node)], &wrt)?;
     Ok((lw, grads))
+}
+
+/// Gradients of `output` with respect to `inputs` as lazy tensors (`torch.autograd.grad`).
+///
+/// `output` must be a one-element tensor unless `grad_output` (of `output`'s shape) is given.
+/// The gradients are traced, not computed: they can feed further ops (an optimiser's update),
+/// and realising them runs forward and backward as one graph. An input the output does not
+/// depend on gets `None`. Unlike `backward`, nothing is accumulated into `.grad`.
+pub fn grad(
+    output: &Tensor,
+    inputs: &[&Tensor],
+    grad_output: Option<&Tensor>,
+) -> Result<Vec<Option<Tensor>>> {
+    check_output(output, grad_output)?;
+    for (k, t) in inputs.iter().enumerate() {
+        if !t.requires_grad() {
+            return Err(Error::Autograd(format!(
+                "input {k} (made at {}) does not require grad, so it has no gradient",
+                t.loc()
+            )));
+        }
+    }
+    let reach = reachable_ids(output);
+    let wrt: Vec<Tensor> = inputs
+        .iter()
+        .filter(|t| reach.contains(&t.id()))
+        .map(|t| (*t).clone())
+        .collect();
+    if wrt.is_empty() {
+        return Ok(vec![None; inputs.len()]);
+    }
+    let group = Arc::new(GradGroup {
+        output: output.clone(),
+        seed: grad_output.cloned(),
+        wrt,
+    });
+    let loc = output.loc().clone();
+    let mut out = Vec::with_capacity(inputs.len());
+    let mut k = 0;
+    for t in inputs {
+        if reach.contains(&t.id()) {
+            out.push(Some(Tensor::grad_node(&group, k, loc.clone())));
+            k += 1;
+        } else {
+            out.push(None);
+        }
+    }
+    Ok(out)
+}
+
+/// Ids of the tensors that gradients from `root` reach (through tensors requiring grad).
+fn reachable_ids(root: &Tensor) -> HashSet<u64> {
+    let mut seen = HashSet::new();
+    let mut stack = vec![root.clone()];
+    while let Some(t) = stack.pop() {
+        if !t.requires_grad() || !seen.insert(t.id()) {
+            continue;
+        }
+        stack.extend(t.inputs());
+    }
+    seen
+}
+
+/// The leaves requiring grad that `root` depends on, in discovery order.
+fn grad_leaves(root: &Tensor) -> Vec<Tensor> {
+    let mut seen = HashSet::new();
+    let mut leaves = Vec::new();
+    let mut stack = vec![root.clone()];
+    while let Some(t) = stack.pop() {
+        if !t.requires_grad() || !seen.insert(t.id()) {
+            continue;
+        }
+        if t.is_source() {
+            leaves.push(t);
+        } else {
+            stack.extend(t.inputs().into_iter().rev());
+        }
+    }
+    leaves
+}
+
+fn check_output(output: &Tensor, gradient: Option<&Tensor>) -> Result<()> {
+    if !output.requires_grad() {
+        return Err(Error::Autograd(
+            "element 0 of tensors does not require grad and does not have a grad_fn".into(),
+        ));
+    }
+    match gradient {
+        None if output.numel() != 1 => Err(Error::Autograd(format!(
+            "grad can be implicitly created only for scalar outputs, this tensor has shape {:?}",
+            output.shape()
+        ))),
+        Some(g) if g.shape() != output.shape() => Err(Error::Autograd(format!(
+            "gradient of shape {:?} given for an output of shape {:?}",
+            g.shape(),
+            output.shape()
+        ))),
+        _ => Ok(()),
+    }
 }
 
 impl Tensor {
@@ -178,26 +278,23 @@ impl Tensor {
     /// `backward` with an explicit output gradient (`out.backward(gradient)`); `None` needs a
     /// one-element tensor.
     pub fn try_backward(&self, gradient: Option<&Tensor>) -> Result<()> {
-        if !self.requires_grad() {
-            return Err(Error::Autograd(
-                "element 0 of tensors does not require grad and does not have a grad_fn".into(),
-            ));
-        }
-        match gradient {
-            None if self.numel() != 1 => {
-                return Err(Error::Autograd(format!(
-                    "grad can be implicitly created only for scalar outputs, this tensor has shape {:?}",
-                    self.shape()
-                )))
+        check_output(self, gradient)?;
+        if crate::compile::is_tracing() {
+            // Inside a compiled step: the gradients become part of the traced program.
+            let leaves = grad_leaves(self);
+            let refs: Vec<&Tensor> = leaves.iter().collect();
+            let grads = grad(self, &refs, gradient)?;
+            for (leaf, g) in leaves.iter().zip(grads) {
+                let Some(g) = g else { continue };
+                crate::compile::note_grad(leaf);
+                let _ng = NoGradGuard::new();
+                let new = match leaf.grad() {
+                    Some(old) => old.try_add(&g)?,
+                    None => g,
+                };
+                leaf.set_grad(Some(new));
             }
-            Some(g) if g.shape() != self.shape() => {
-                return Err(Error::Autograd(format!(
-                    "gradient of shape {:?} given for an output of shape {:?}",
-                    g.shape(),
-                    self.shape()
-                )))
-            }
-            _ => {}
+            return Ok(());
         }
         let (mut lw, grads) = build_backward(self, gradient)?;
         // The output's value is computed anyway: keep it, so `loss.item()` after an optimiser

@@ -115,26 +115,41 @@ pub fn assign(pairs: &[(&Tensor, &Tensor)]) -> Result<()> {
         if v.shape() != t.shape() {
             return Err(Error::shape(
                 "assign",
-                format!("value shape {:?} differs from the target's shape {:?}", v.shape(), t.shape()),
+                format!(
+                    "value shape {:?} differs from the target's shape {:?}",
+                    v.shape(),
+                    t.shape()
+                ),
             ));
         }
         values.push(no_grad(|| v.try_to_dtype(t.dtype()))?);
     }
-    if crate::compile::record_assignments(pairs.iter().map(|(t, _)| (*t).clone()).zip(values.iter().cloned())) {
+    if crate::compile::record_assignments(
+        pairs
+            .iter()
+            .map(|(t, _)| (*t).clone())
+            .zip(values.iter().cloned()),
+    ) {
         return Ok(());
     }
     crate::lower::realize(&values)?;
     for ((t, _), v) in pairs.iter().zip(&values) {
         let value = v.literal()?;
-        let mut slot = t
-            .0
-            .storage
+        store_value(t, Arc::unwrap_or_clone(value))?;
+    }
+    Ok(())
+}
+
+/// Writes a value into a source tensor's storage, in its existing buffer when nothing else
+/// holds it (so the buffer's address, seen by ndarray views, does not change).
+pub(crate) fn store_value(t: &Tensor, value: kiln_ir::Literal) -> Result<()> {
+    let mut slot =
+        t.0.storage
             .try_write()
             .map_err(|_| Error::Borrow("an ndarray view of an assigned tensor is alive".into()))?;
-        match slot.as_mut().and_then(Arc::get_mut) {
-            Some(lit) => lit.data = value.data.clone(),
-            None => *slot = Some(value),
-        }
+    match slot.as_mut().and_then(Arc::get_mut) {
+        Some(lit) => lit.data = value.data,
+        None => *slot = Some(Arc::new(value)),
     }
     Ok(())
 }

@@ -38,6 +38,17 @@ pub(crate) struct Inner {
     pub grad: Mutex<Option<Tensor>>,
     /// A name used for the tensor's input in lowered graphs (e.g. `conv1.weight`).
     pub name: Mutex<Option<String>>,
+    /// For a lazy gradient (`autograd::grad`): its group and the index of its `wrt` tensor.
+    /// Its `inputs` are the group's output, seed and `wrt` tensors, so lowering visits them
+    /// first; lowering then differentiates the group once (see `lower.rs`).
+    pub grad_src: Option<(Arc<GradGroup>, usize)>,
+}
+
+/// A request for the gradients of `output` (seeded with `seed`, or ones) with respect to `wrt`.
+pub(crate) struct GradGroup {
+    pub output: Tensor,
+    pub seed: Option<Tensor>,
+    pub wrt: Vec<Tensor>,
 }
 
 /// A tensor: a cheap, thread-safe handle (`Clone` shares it) to a node of the traced program.
@@ -116,7 +127,40 @@ impl Tensor {
             storage: Arc::new(RwLock::new(None)),
             grad: Mutex::new(None),
             name: Mutex::new(None),
+            grad_src: None,
         }))
+    }
+
+    /// A lazy gradient: element `index` of `group`'s gradients.
+    pub(crate) fn grad_node(group: &Arc<GradGroup>, index: usize, loc: Loc) -> Tensor {
+        let w = &group.wrt[index];
+        let ty = w.ty().clone();
+        let mut inputs = vec![group.output.clone()];
+        inputs.extend(group.seed.clone());
+        inputs.extend(group.wrt.iter().cloned());
+        let snaps = inputs
+            .iter()
+            .map(|t| t.0.storage.read().ok().and_then(|s| s.clone()))
+            .collect();
+        Tensor(Arc::new(Inner {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            op: Op::Detach,
+            inputs: RwLock::new(inputs),
+            snaps: RwLock::new(snaps),
+            ty,
+            loc,
+            requires_grad: false,
+            label: Some("Grad"),
+            storage: Arc::new(RwLock::new(None)),
+            grad: Mutex::new(None),
+            name: Mutex::new(None),
+            grad_src: Some((group.clone(), index)),
+        }))
+    }
+
+    /// A data source without a value: an input of a compiled step, bound at each run.
+    pub(crate) fn placeholder(ty: TensorType, loc: Loc) -> Tensor {
+        Tensor::leaf_with_storage(Arc::new(RwLock::new(None)), ty, false, loc)
     }
 
     /// A realised leaf holding `lit`.
@@ -151,6 +195,7 @@ impl Tensor {
             storage,
             grad: Mutex::new(None),
             name: Mutex::new(None),
+            grad_src: None,
         }))
     }
 
