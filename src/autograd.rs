@@ -77,7 +77,8 @@ fn build_backward(
     let seed_node = match seed {
         None => lw.graph.full(1.0, root.ty().clone())?,
         Some(s) => {
-            let v = s.literal()?;
+            // As PyTorch, a gradient of another dtype is converted to the output's.
+            let v = no_grad(|| s.try_to_dtype(root.dtype()))?.literal()?;
             let n = lw.graph.input(
                 "grad_output",
                 TensorType::new(root.dtype(), root.shape().to_vec()),

@@ -17,7 +17,7 @@ use crate::tensor::{Element, Tensor};
 use kiln_ir::{Literal, Loc};
 use ndarray::{ArrayD, ArrayViewD, ArrayViewMutD, IxDyn};
 use std::marker::PhantomData;
-use std::sync::{Arc, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, RwLockReadGuard, RwLockWriteGuard, TryLockError};
 
 /// A borrowed view of a tensor's buffer; holds the tensor's storage lock while alive.
 pub struct NdRef<'a, T> {
@@ -89,12 +89,19 @@ impl Tensor {
     /// Borrows the buffer as an ndarray view (realising the tensor first).
     pub fn ndarray<T: Element>(&self) -> Result<NdRef<'_, T>> {
         self.check_dtype::<T>()?;
-        self.realize()?;
-        let guard = self
-            .0
-            .storage
-            .try_read()
-            .map_err(|_| Error::Borrow("the tensor is borrowed mutably".into()))?;
+        // Try the lock before anything reads the value: a mutable view alive on this thread
+        // holds it, and a blocking read (`realize` does one) would wait forever.
+        let borrowed = || Error::Borrow("the tensor is borrowed mutably".into());
+        let guard = match self.0.storage.try_read() {
+            Ok(g) if g.is_some() => g,
+            Ok(g) => {
+                drop(g);
+                self.realize()?;
+                self.0.storage.try_read().map_err(|_| borrowed())?
+            }
+            Err(TryLockError::WouldBlock) => return Err(borrowed()),
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+        };
         Ok(NdRef {
             guard,
             _t: PhantomData,
@@ -109,12 +116,17 @@ impl Tensor {
                 "can't borrow a tensor that requires grad mutably; use .detach() (which shares the storage)".into(),
             ));
         }
-        self.realize()?;
-        let guard = self
-            .0
-            .storage
-            .try_write()
-            .map_err(|_| Error::Borrow("the tensor is already borrowed".into()))?;
+        let borrowed = || Error::Borrow("the tensor is already borrowed".into());
+        let guard = match self.0.storage.try_write() {
+            Ok(g) if g.is_some() => g,
+            Ok(g) => {
+                drop(g);
+                self.realize()?;
+                self.0.storage.try_write().map_err(|_| borrowed())?
+            }
+            Err(TryLockError::WouldBlock) => return Err(borrowed()),
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+        };
         Ok(NdMut {
             guard,
             _t: PhantomData,

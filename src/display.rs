@@ -1,8 +1,8 @@
 //! `Display` in PyTorch's style: `tensor([[1., 2.],\n        [3., 4.]], requires_grad=True)`.
 //!
 //! Follows PyTorch's printing rules: integer-valued floats print as `1.`, others with four
-//! decimals, scientific notation (`1.0000e-05`) when magnitudes span more than 1000x or leave
-//! [1e-4, 1e8); columns share one width; tensors over 1000 elements are summarised with `...`
+//! decimals, scientific notation (`1.0000e-05`) when the nonzero magnitudes span more than 1000x
+//! or exceed 1e8 (or, for non-integers, go below 1e-4); columns share one width; tensors over 1000 elements are summarised with `...`
 //! keeping three entries at each edge of each axis. Printing realises the tensor.
 
 use crate::tensor::Tensor;
@@ -58,15 +58,8 @@ fn choose_style(dtype: DType, vals: &[f64]) -> Style {
         DType::I64 => return Style::Int,
         _ => {}
     }
+    // PyTorch's _Formatter: the nonzero finite magnitudes decide.
     let finite: Vec<f64> = vals.iter().copied().filter(|v| v.is_finite()).collect();
-    if finite.iter().all(|v| v.fract() == 0.0) {
-        let max = finite.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-        return if max >= 1e8 {
-            Style::Sci
-        } else {
-            Style::IntFloat
-        };
-    }
     let nz: Vec<f64> = finite
         .iter()
         .map(|v| v.abs())
@@ -74,7 +67,14 @@ fn choose_style(dtype: DType, vals: &[f64]) -> Style {
         .collect();
     let max = nz.iter().cloned().fold(0.0f64, f64::max);
     let min = nz.iter().cloned().fold(f64::INFINITY, f64::min);
-    if !nz.is_empty() && (max / min > 1000.0 || max >= 1e8 || min < 1e-4) {
+    if finite.iter().all(|v| v.fract() == 0.0) {
+        return if !nz.is_empty() && (max / min > 1000.0 || max > 1e8) {
+            Style::Sci
+        } else {
+            Style::IntFloat
+        };
+    }
+    if !nz.is_empty() && (max / min > 1000.0 || max > 1e8 || min < 1e-4) {
         Style::Sci
     } else {
         Style::Fixed
@@ -177,11 +177,13 @@ pub fn format_literal(lit: &Literal) -> String {
     let summarize = lit.numel() > THRESHOLD;
     let vals = collect_shown(lit, summarize);
     let style = choose_style(lit.dtype(), &vals);
+    // PyTorch's column width: for floats, that of the nonzero finite values only (`inf`/`nan`
+    // are padded to it but do not widen it: `tensor([1., inf])`).
     let width = vals
         .iter()
+        .filter(|&&v| !lit.dtype().is_float() || (v.is_finite() && v != 0.0))
         .map(|&v| fmt_value(v, &style).len())
-        .max()
-        .unwrap_or(0);
+        .fold(1, usize::max);
     let p = Printer {
         lit,
         strides: kiln_ir::shape::strides(&lit.shape),
@@ -208,7 +210,9 @@ impl fmt::Display for Tensor {
         };
         let mut s = format_literal(&lit);
         if lit.numel() == 0 && !lit.shape.is_empty() && lit.shape != [0] {
-            s.push_str(&format!(", size={:?}", lit.shape));
+            // A Python tuple, as PyTorch prints `torch.Size`: `size=(0, 3)`.
+            let dims: Vec<String> = lit.shape.iter().map(|d| d.to_string()).collect();
+            s.push_str(&format!(", size=({})", dims.join(", ")));
         }
         match self.dtype() {
             DType::F64 => s.push_str(", dtype=kiln.float64"),
@@ -270,10 +274,17 @@ mod tests {
             "tensor([ True, False,  True]"
         );
         assert_eq!(show(&[2], &[7.0, -3.0], DType::I64), "tensor([ 7, -3]");
+        // torch.arange(2000.): integer-valued, but the magnitudes span more than 1000x, so
+        // scientific (and the seven entries wrap at 80 columns).
         let big: Vec<f64> = (0..2000).map(|i| i as f64).collect();
         assert_eq!(
             show(&[2000], &big, DType::F32),
-            "tensor([   0.,    1.,    2.,  ..., 1997., 1998., 1999.]"
+            "tensor([0.0000e+00, 1.0000e+00, 2.0000e+00,  ..., 1.9970e+03, 1.9980e+03,\n        1.9990e+03]"
+        );
+        let big: Vec<f64> = (0..1001).map(|i| i as f64).collect();
+        assert_eq!(
+            show(&[1001], &big, DType::F32),
+            "tensor([   0.,    1.,    2.,  ...,  998.,  999., 1000.]"
         );
         let row: Vec<f64> = (0..10).map(|i| i as f64 * 0.1 - 0.45).collect();
         assert_eq!(

@@ -46,4 +46,13 @@ impl Error {
             loc: Loc::caller(),
         }
     }
+
+    /// The error with its source location replaced by `loc`, for errors raised in closures
+    /// (which are not `#[track_caller]`) on behalf of the user's call at `loc`.
+    pub(crate) fn at(self, loc: Loc) -> Error {
+        match self {
+            Error::Shape { op, msg, .. } => Error::Shape { op, msg, loc },
+            e => e,
+        }
+    }
 }

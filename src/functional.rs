@@ -194,15 +194,15 @@ pub fn try_conv(
     bias: Option<&Tensor>,
     opts: &ConvOpts<'_>,
 ) -> Result<Tensor> {
-    let nd = w.ndim().checked_sub(2).filter(|&n| n > 0).ok_or_else(|| {
-        Error::shape(
+    let Some(nd) = w.ndim().checked_sub(2).filter(|&n| n > 0) else {
+        return Err(Error::shape(
             "conv",
             format!(
                 "weight must be [Cout, Cin/groups, *kernel], got shape {:?}",
                 w.shape()
             ),
-        )
-    })?;
+        ));
+    };
     let (xb, unbatched) = batched("conv", x, nd)?;
     let mut p = conv_params("conv", opts, nd)?;
     p.output_padding = vec![0; nd];
@@ -252,15 +252,15 @@ pub fn try_conv_transpose(
     bias: Option<&Tensor>,
     opts: &ConvOpts<'_>,
 ) -> Result<Tensor> {
-    let nd = w.ndim().checked_sub(2).filter(|&n| n > 0).ok_or_else(|| {
-        Error::shape(
+    let Some(nd) = w.ndim().checked_sub(2).filter(|&n| n > 0) else {
+        return Err(Error::shape(
             "conv_transpose",
             format!(
                 "weight must be [Cin, Cout/groups, *kernel], got {:?}",
                 w.shape()
             ),
-        )
-    })?;
+        ));
+    };
     let (xb, unbatched) = batched("conv_transpose", x, nd)?;
     let p = conv_params("conv_transpose", opts, nd)?;
     let y = Tensor::apply(
@@ -742,4 +742,168 @@ pub fn binary_cross_entropy(
 #[track_caller]
 pub fn pad(x: &Tensor, pad: &[isize], value: f64) -> Tensor {
     x.pad(pad, value)
+}
+
+// ----- nn support: erf, exact GELU, dropout, one-hot, soft Dice ----------------------------------
+
+/// `erfc(z)` for `z >= 0` by the Chebyshev-fitted formula of Numerical Recipes (`erfcc`):
+/// `t = 1 / (1 + z/2)`, `erfc(z) = t exp(-z^2 + P(t))` with a degree-9 polynomial `P`;
+/// relative error below 1.2e-7 for every `z >= 0`, so the tail keeps its relative accuracy.
+#[track_caller]
+fn erfc_nonneg(z: &Tensor) -> Tensor {
+    const C: [f64; 10] = [
+        -1.265_512_23,
+        1.000_023_68,
+        0.374_091_96,
+        0.096_784_18,
+        -0.186_288_06,
+        0.278_868_07,
+        -1.135_203_98,
+        1.488_515_87,
+        -0.822_152_23,
+        0.170_872_77,
+    ];
+    let t = z.mul(0.5).add(1.0).reciprocal();
+    let mut p = t.mul(C[9]);
+    for &c in C[1..9].iter().rev() {
+        p = p.add(c).mul(&t);
+    }
+    let p = p.add(C[0]);
+    t.mul(&z.mul(z).neg().add(&p).exp())
+}
+
+/// The error function `erf(x) = 2/sqrt(pi) * int_0^x exp(-t^2) dt`, composed from primitives
+/// (the IR has no `erf`): `sign(x) (1 - erfc(|x|))`, with `erfc` from the Chebyshev fit of
+/// Numerical Recipes (`erfcc`: `t = 1 / (1 + |x|/2)`, `erfc = t exp(-x^2 + P(t))`, `P` of
+/// degree 9, relative error below 1.2e-7). The absolute error of `erf` is below 1.2e-7 (about
+/// one f32 ulp of values near 1); the gradient is the approximation's own, within about 1e-6
+/// of `2/sqrt(pi) exp(-x^2)`.
+#[track_caller]
+pub fn erf(x: &Tensor) -> Tensor {
+    let pos = x.ge(0.0);
+    // |x| as a `where`, not `abs`, so that the gradient at 0 is taken from the x >= 0 side.
+    let z = where_labeled(&pos, x, &x.neg(), "Erf");
+    let e = erfc_nonneg(&z);
+    where_labeled(&pos, &e.neg().add(1.0), &e.sub(1.0), "Erf")
+}
+
+/// GELU, PyTorch's default exact form (`F.gelu(x)`, `approximate='none'`):
+/// `x Phi(x) = x/2 (1 + erf(x / sqrt 2)) = x/2 erfc(-x / sqrt 2)`.
+///
+/// Computed through `erfc` so that the negative tail (where `1 + erf` would cancel) keeps its
+/// relative accuracy; the error of [`erf`]'s approximation gives an absolute error below
+/// `6e-8 |x|`. [`gelu_tanh`] is the `approximate='tanh'` form.
+#[track_caller]
+pub fn gelu(x: &Tensor) -> Tensor {
+    let pos = x.ge(0.0);
+    let z = where_labeled(&pos, x, &x.neg(), "Gelu").mul(std::f64::consts::FRAC_1_SQRT_2);
+    let e = erfc_nonneg(&z);
+    // erfc(-x/sqrt2) = 2 - erfc(|x|/sqrt2) for x >= 0, erfc(|x|/sqrt2) for x < 0.
+    let c = where_labeled(&pos, &e.neg().add(2.0), &e, "Gelu");
+    x.mul(0.5).mul(&c)
+}
+
+/// Dropout (`F.dropout(x, p, training)`): in training mode each element is zeroed with
+/// probability `p` and the others scaled by `1 / (1 - p)` (all zeroed for `p = 1`); otherwise,
+/// and for `p = 0`, the identity. The mask is drawn from `generator` (one uniform per element,
+/// kept when `u >= p`) and enters the graph as a constant, so the gradient is the same mask.
+#[track_caller]
+pub fn try_dropout(
+    x: &Tensor,
+    p: f64,
+    training: bool,
+    generator: &mut crate::random::Generator,
+) -> Result<Tensor> {
+    crate::nn::dropout::check_p(p)?;
+    if !training || p == 0.0 {
+        return Ok(x.clone());
+    }
+    if !x.dtype().is_float() {
+        return Err(Error::DType(format!(
+            "dropout: expected a float input, got {}",
+            x.dtype()
+        )));
+    }
+    let scale = if p < 1.0 { 1.0 / (1.0 - p) } else { 0.0 };
+    let mask: Vec<f64> = (0..x.numel())
+        .map(|_| {
+            if generator.uniform_f32() as f64 >= p {
+                scale
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    let mask = Tensor::from_literal(kiln_ir::Literal::from_f64(
+        x.shape().to_vec(),
+        x.dtype(),
+        &mask,
+    ));
+    x.try_mul(&mask)
+}
+
+#[track_caller]
+pub fn dropout(
+    x: &Tensor,
+    p: f64,
+    training: bool,
+    generator: &mut crate::random::Generator,
+) -> Tensor {
+    try_dropout(x, p, training, generator).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// One-hot encoding of i64 class indices (`F.one_hot(target, num_classes)`): a new last axis
+/// of size `num_classes`, 1 at the index, as i64. An index outside `[0, num_classes)` is an
+/// error naming it (checked when the indices are already realised).
+#[track_caller]
+pub fn one_hot(target: &Tensor, num_classes: usize) -> Result<Tensor> {
+    check_targets("one_hot", target, num_classes, i64::MIN)?;
+    let classes = Tensor::arange(0.0, num_classes as f64, 1.0, DType::I64);
+    Ok(target.unsqueeze(-1).eq(&classes).to_dtype(DType::I64))
+}
+
+/// Soft Dice loss of probabilities `input` `[N, C, *spatial]` against a target of the same
+/// shape (one-hot or soft labels, e.g. `one_hot(y, C)` moved to axis 1):
+///
+/// `loss[n, c] = 1 - (2 sum_s p t + smooth) / (sum_s p + sum_s t + smooth)`,
+///
+/// sums over the spatial axes; `smooth` (e.g. 1e-5) keeps an empty class finite (its loss is
+/// 0 when both sums are 0). `Mean` averages over `N` and `C`, `None` returns `[N, C]`.
+#[track_caller]
+pub fn try_soft_dice_loss(
+    input: &Tensor,
+    target: &Tensor,
+    smooth: f64,
+    reduction: Reduction,
+) -> Result<Tensor> {
+    same_shape("soft_dice_loss", input, target)?;
+    if input.ndim() < 2 {
+        return Err(Error::shape(
+            "soft_dice_loss",
+            format!("expected input [N, C, ...], got shape {:?}", input.shape()),
+        ));
+    }
+    let t = target.try_to_dtype(input.dtype())?;
+    let axes: Vec<isize> = (2..input.ndim() as isize).collect();
+    let sum = |v: &Tensor| {
+        if axes.is_empty() {
+            v.clone()
+        } else {
+            v.sum(&axes, false)
+        }
+    };
+    let inter = sum(&input.mul(&t));
+    let denom = sum(input).add(&sum(&t));
+    let dice = inter.mul(2.0).add(smooth).div(&denom.add(smooth));
+    Ok(reduce(dice.neg().add(1.0), reduction, "SoftDiceLoss"))
+}
+
+#[track_caller]
+pub fn soft_dice_loss(
+    input: &Tensor,
+    target: &Tensor,
+    smooth: f64,
+    reduction: Reduction,
+) -> Tensor {
+    try_soft_dice_loss(input, target, smooth, reduction).unwrap_or_else(|e| panic!("{e}"))
 }

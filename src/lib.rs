@@ -19,7 +19,9 @@
 
 pub mod autograd;
 mod bridge;
+pub mod checkpoint;
 pub mod compile;
+pub mod data;
 mod device;
 mod display;
 pub mod error;
@@ -33,11 +35,11 @@ pub mod random;
 mod tensor;
 
 pub use autograd::{is_grad_enabled, no_grad, NoGradGuard};
-pub use inplace::assign;
 pub use bridge::{NdMut, NdRef};
 pub use device::{cuda_is_available, Device};
 pub use display::format_literal;
 pub use error::{Error, Result};
+pub use inplace::assign;
 pub use kiln_ir as ir;
 pub use kiln_ir::DType;
 pub(crate) use ops::where_labeled;

@@ -12,10 +12,17 @@ use kiln_ir::shape::{broadcast_shapes, fmt_shape};
 use kiln_ir::{BinaryOp, CmpOp, DType, Loc, Op, ReduceOp, SliceAxis, TensorType, UnaryOp};
 
 /// The second operand of a binary op: a tensor or a Python-style scalar.
+///
+/// As in PyTorch, the kind of a scalar matters, not its value: a float scalar (`2.0`) makes an
+/// integer or bool tensor's result f32, an integer scalar (`2`) keeps an integer tensor's dtype
+/// (and makes a bool tensor's result i64).
 #[derive(Clone, Copy)]
 pub enum Operand<'a> {
     Tensor(&'a Tensor),
+    /// A float scalar (Rust `f64`/`f32`, Python `float`).
     Scalar(f64),
+    /// An integer scalar (Rust `i64`/`i32`/`usize`, Python `int`).
+    Int(i64),
 }
 
 impl<'a> From<&'a Tensor> for Operand<'a> {
@@ -24,21 +31,24 @@ impl<'a> From<&'a Tensor> for Operand<'a> {
     }
 }
 macro_rules! scalar_operand {
-    ($($t:ty),*) => {$(
+    ($variant:ident as $as:ty: $($t:ty),*) => {$(
         impl From<$t> for Operand<'_> {
             fn from(v: $t) -> Self {
-                Operand::Scalar(v as f64)
+                Operand::$variant(v as $as)
             }
         }
     )*};
 }
-scalar_operand!(f64, f32, i64, i32, usize);
+scalar_operand!(Scalar as f64: f64, f32);
+scalar_operand!(Int as i64: i64, i32, usize);
 
-/// Normalises a possibly negative axis.
+/// Normalises a possibly negative axis. As in PyTorch, a 0-d tensor accepts `0` and `-1` (both
+/// give 0), as if it had one axis: callers must not index its (empty) shape with the result.
+#[track_caller]
 pub fn norm_dim(dim: isize, rank: usize) -> Result<usize> {
-    let r = rank as isize;
+    let r = rank.max(1) as isize;
     let d = if dim < 0 { dim + r } else { dim };
-    if d < 0 || d >= r.max(1) {
+    if d < 0 || d >= r {
         return Err(Error::Shape {
             op: "dim",
             msg: format!("dimension {dim} is out of range for a tensor of rank {rank}"),
@@ -52,12 +62,14 @@ pub fn norm_dim(dim: isize, rank: usize) -> Result<usize> {
 fn dims_of(op: &'static str, dims: &[isize], rank: usize) -> Result<Vec<usize>> {
     let mut out = Vec::with_capacity(dims.len());
     for &d in dims {
-        let n = norm_dim(d, rank).map_err(|_| {
-            Error::shape(
+        // No closures around `Error::shape` here and below: a closure is not `track_caller`,
+        // so the error would name kiln's line instead of the user's.
+        let Ok(n) = norm_dim(d, rank) else {
+            return Err(Error::shape(
                 op,
                 format!("dimension {d} is out of range for a tensor of rank {rank}"),
-            )
-        })?;
+            ));
+        };
         if out.contains(&n) {
             return Err(Error::shape(
                 op,
@@ -67,12 +79,43 @@ fn dims_of(op: &'static str, dims: &[isize], rank: usize) -> Result<Vec<usize>> 
         out.push(n);
     }
     out.sort_unstable();
+    if rank == 0 {
+        // Reducing a 0-d tensor over its "axis" reduces nothing (`torch.tensor(5.).sum(0)`).
+        out.clear();
+    }
     Ok(out)
 }
 
-/// The result dtype of mixing two dtypes, PyTorch's promotion on this small lattice.
-fn promote(a: DType, b: DType) -> DType {
-    a.max(b)
+/// PyTorch's type categories: bool < integer < floating point.
+pub(crate) fn category(d: DType) -> u8 {
+    match d {
+        DType::Bool => 0,
+        DType::I64 => 1,
+        DType::F32 | DType::F64 => 2,
+    }
+}
+
+/// The result dtype of mixing two dtypes, PyTorch's promotion on this small lattice: the higher
+/// category wins (`i64 + f32` is f32, `bool + i64` is i64), and within one the wider type.
+pub(crate) fn promote(a: DType, b: DType) -> DType {
+    match category(a).cmp(&category(b)) {
+        std::cmp::Ordering::Less => b,
+        std::cmp::Ordering::Greater => a,
+        std::cmp::Ordering::Equal if a == b => a,
+        // The only two distinct types of one category.
+        std::cmp::Ordering::Equal => DType::F64,
+    }
+}
+
+/// PyTorch's `result_type` of two tensors: a 0-d tensor decides only when its category is higher
+/// than the other operand's (`ones(2) + tensor(1., dtype=float64)` stays f32).
+fn promote_tensors(a: &Tensor, b: &Tensor) -> DType {
+    let (da, db) = (a.dtype(), b.dtype());
+    match (a.ndim() == 0, b.ndim() == 0) {
+        (true, false) if category(da) <= category(db) => db,
+        (false, true) if category(db) <= category(da) => da,
+        _ => promote(da, db),
+    }
 }
 
 impl Tensor {
@@ -132,36 +175,52 @@ impl Tensor {
         )
     }
 
+    /// Both operands of `op_name`, promoted to one dtype (a float one if `want_float`) and
+    /// broadcast to one shape.
     #[track_caller]
-    fn operand(&self, other: Operand<'_>, want_float: bool) -> Result<(Tensor, Tensor)> {
+    fn operand(
+        &self,
+        other: Operand<'_>,
+        want_float: bool,
+        op_name: &'static str,
+    ) -> Result<(Tensor, Tensor)> {
         match other {
             Operand::Tensor(o) => {
-                let mut dt = promote(self.dtype(), o.dtype());
+                let mut dt = promote_tensors(self, o);
                 if want_float && !dt.is_float() {
                     dt = DType::F32;
                 }
                 let (a, b) = (self.try_to_dtype(dt)?, o.try_to_dtype(dt)?);
-                let shape = broadcast_shapes(a.shape(), b.shape()).ok_or_else(|| {
-                    Error::shape(
-                        "broadcast",
+                let Some(shape) = broadcast_shapes(a.shape(), b.shape()) else {
+                    return Err(Error::shape(
+                        op_name,
                         format!(
                             "shapes {} and {} cannot be broadcast together",
                             fmt_shape(a.shape()),
                             fmt_shape(b.shape())
                         ),
-                    )
-                })?;
+                    ));
+                };
                 Ok((a.try_broadcast_to(&shape)?, b.try_broadcast_to(&shape)?))
             }
             Operand::Scalar(v) => {
-                let mut dt = self.dtype();
-                if (want_float || v.fract() != 0.0 || !v.is_finite()) && !dt.is_float() {
-                    dt = DType::F32;
-                } else if dt == DType::Bool {
-                    dt = DType::I64;
-                }
+                let dt = if self.dtype().is_float() {
+                    self.dtype()
+                } else {
+                    DType::F32
+                };
                 let a = self.try_to_dtype(dt)?;
                 let s = a.filled(v);
+                Ok((a, s))
+            }
+            Operand::Int(v) => {
+                let dt = match self.dtype() {
+                    d if d.is_float() => d,
+                    _ if want_float => DType::F32,
+                    _ => DType::I64,
+                };
+                let a = self.try_to_dtype(dt)?;
+                let s = a.filled(v as f64);
                 Ok((a, s))
             }
         }
@@ -170,8 +229,9 @@ impl Tensor {
     #[track_caller]
     fn binary_op(&self, other: Operand<'_>, op: BinaryOp, label: &'static str) -> Result<Tensor> {
         let float = matches!(op, BinaryOp::Div | BinaryOp::Pow);
-        let (a, b) = self.operand(other, float)?;
-        Tensor::apply(Op::Binary(op), vec![a, b], Some(label))
+        let op = Op::Binary(op);
+        let (a, b) = self.operand(other, float, op.name())?;
+        Tensor::apply(op, vec![a, b], Some(label))
     }
 
     #[track_caller]
@@ -325,8 +385,9 @@ impl Tensor {
 
     #[track_caller]
     fn compare(&self, o: Operand<'_>, op: CmpOp) -> Result<Tensor> {
-        let (a, b) = self.operand(o, false)?;
-        Tensor::apply(Op::Compare(op), vec![a, b], None)
+        let op = Op::Compare(op);
+        let (a, b) = self.operand(o, false, op.name())?;
+        Tensor::apply(op, vec![a, b], None)
     }
 
     #[track_caller]
@@ -408,13 +469,14 @@ impl Tensor {
         } else {
             self.clone()
         };
+        let label = if op == ReduceOp::Sum { "Sum" } else { "Amax" };
         let r = Tensor::apply(
             Op::Reduce {
                 op,
                 axes: axes.clone(),
             },
             vec![src],
-            Some(if op == ReduceOp::Sum { "Sum" } else { "Amax" }),
+            Some(label),
         )?;
         if keepdim {
             return Ok(r);
@@ -426,7 +488,8 @@ impl Tensor {
             .filter(|(i, _)| !axes.contains(i))
             .map(|(_, &d)| d)
             .collect();
-        r.try_reshape_exact(shape, None)
+        // Dropping the axes is part of the reduction (`grad_fn` is `SumBackward0`, not a view).
+        r.try_reshape_exact(shape, Some(label))
     }
 
     /// Sum over `dims` (`x.sum(dims, keepdim)`).
@@ -490,6 +553,9 @@ impl Tensor {
     #[track_caller]
     pub fn argmax(&self, dim: isize, keepdim: bool) -> Tensor {
         let d = norm_dim(dim, self.ndim()).unwrap_or_else(|e| panic!("{e}"));
+        if self.ndim() == 0 {
+            return Tensor::constant(0.0, DType::I64, vec![]);
+        }
         let n = self.shape()[d];
         let m = self.amax(&[d as isize], true);
         let mut ishape = vec![1; self.ndim()];
@@ -600,7 +666,7 @@ impl Tensor {
     #[track_caller]
     pub fn squeeze(&self, dim: isize) -> Tensor {
         let d = norm_dim(dim, self.ndim()).unwrap_or_else(|e| panic!("{e}"));
-        if self.shape()[d] != 1 {
+        if self.ndim() == 0 || self.shape()[d] != 1 {
             return self.clone();
         }
         let mut shape = self.shape().to_vec();
@@ -622,11 +688,13 @@ impl Tensor {
         }
         let mut perm = Vec::with_capacity(dims.len());
         for &d in dims {
-            perm.push(
-                norm_dim(d, self.ndim()).map_err(|_| {
-                    Error::shape("permute", format!("{dims:?} is not a permutation"))
-                })?,
-            );
+            let Ok(p) = norm_dim(d, self.ndim()) else {
+                return Err(Error::shape(
+                    "permute",
+                    format!("{dims:?} is not a permutation"),
+                ));
+            };
+            perm.push(p);
         }
         if perm.iter().enumerate().all(|(i, &p)| i == p) {
             return Ok(self.clone());
@@ -643,6 +711,9 @@ impl Tensor {
         let r = self.ndim();
         let a = norm_dim(d0, r).unwrap_or_else(|e| panic!("{e}"));
         let b = norm_dim(d1, r).unwrap_or_else(|e| panic!("{e}"));
+        if r == 0 {
+            return self.clone();
+        }
         let mut perm: Vec<isize> = (0..r as isize).collect();
         perm.swap(a, b);
         self.permute(&perm)
@@ -691,21 +762,27 @@ impl Tensor {
         self.try_broadcast_to(shape)
             .unwrap_or_else(|e| panic!("{e}"))
     }
-    /// `x.expand(sizes)`: `-1` keeps a size; new leading axes may be added.
+    /// `x.expand(sizes)`: `-1` keeps a size; new leading axes may be added (not as `-1`).
     #[track_caller]
     pub fn expand(&self, sizes: &[isize]) -> Tensor {
         let lead = sizes.len().saturating_sub(self.ndim());
-        let shape: Vec<usize> = sizes
-            .iter()
-            .enumerate()
-            .map(|(i, &s)| {
-                if s < 0 && i >= lead {
-                    self.shape()[i - lead]
-                } else {
-                    s.max(0) as usize
-                }
-            })
-            .collect();
+        let mut shape = Vec::with_capacity(sizes.len());
+        for (i, &s) in sizes.iter().enumerate() {
+            if s >= 0 {
+                shape.push(s as usize);
+            } else if s == -1 && i >= lead {
+                shape.push(self.shape()[i - lead]);
+            } else {
+                let e = Error::shape(
+                    "expand",
+                    format!(
+                        "size {s} at axis {i} of {sizes:?} is not allowed for shape {}: -1 keeps an existing axis, new leading axes need a size",
+                        fmt_shape(self.shape())
+                    ),
+                );
+                panic!("{e}");
+            }
+        }
         self.broadcast_to(&shape)
     }
     #[track_caller]
@@ -717,14 +794,17 @@ impl Tensor {
     /// (negative indices count from the end, out-of-range bounds are clamped).
     #[track_caller]
     pub fn try_slice(&self, dim: isize, start: isize, end: isize, step: usize) -> Result<Tensor> {
-        let d = norm_dim(dim, self.ndim()).map_err(|_| {
-            Error::shape(
+        let Ok(d) = norm_dim(dim, self.ndim()) else {
+            return Err(Error::shape(
                 "slice",
                 format!("dim {dim} out of range for rank {}", self.ndim()),
-            )
-        })?;
+            ));
+        };
         if step == 0 {
             return Err(Error::shape("slice", "step must be positive"));
+        }
+        if self.ndim() == 0 {
+            return Err(Error::shape("slice", "a 0-d tensor cannot be sliced"));
         }
         let n = self.shape()[d] as isize;
         let clampi = |i: isize| if i < 0 { (i + n).max(0) } else { i.min(n) } as usize;
@@ -748,7 +828,15 @@ impl Tensor {
     /// `length` elements from `start` along `dim` (`x.narrow`).
     #[track_caller]
     pub fn try_narrow(&self, dim: isize, start: usize, length: usize) -> Result<Tensor> {
-        let d = norm_dim(dim, self.ndim())?;
+        let Ok(d) = norm_dim(dim, self.ndim()) else {
+            return Err(Error::shape(
+                "narrow",
+                format!("dim {dim} out of range for rank {}", self.ndim()),
+            ));
+        };
+        if self.ndim() == 0 {
+            return Err(Error::shape("narrow", "a 0-d tensor cannot be narrowed"));
+        }
         if start + length > self.shape()[d] {
             return Err(Error::shape(
                 "narrow",
@@ -823,7 +911,7 @@ impl Tensor {
                 "both arguments need at least one dimension",
             ));
         }
-        let dt = promote(self.dtype(), other.dtype());
+        let dt = promote_tensors(self, other);
         let dt = if dt.is_float() { dt } else { DType::F32 };
         let a = if ra == 1 {
             self.unsqueeze(0)
@@ -850,17 +938,16 @@ impl Tensor {
                 ),
             ));
         }
-        let batch =
-            broadcast_shapes(&sa[..sa.len() - 2], &sb[..sb.len() - 2]).ok_or_else(|| {
-                Error::shape(
-                    "matmul",
-                    format!(
-                        "batch dims of {} and {} do not broadcast",
-                        fmt_shape(&sa),
-                        fmt_shape(&sb)
-                    ),
-                )
-            })?;
+        let Some(batch) = broadcast_shapes(&sa[..sa.len() - 2], &sb[..sb.len() - 2]) else {
+            return Err(Error::shape(
+                "matmul",
+                format!(
+                    "batch dims of {} and {} do not broadcast",
+                    fmt_shape(&sa),
+                    fmt_shape(&sb)
+                ),
+            ));
+        };
         let mut fa = batch.clone();
         fa.extend([m, k]);
         let mut fb = batch.clone();
@@ -888,11 +975,15 @@ impl Tensor {
 /// Concatenates tensors along `dim` (`torch.cat`).
 #[track_caller]
 pub fn try_cat(tensors: &[&Tensor], dim: isize) -> Result<Tensor> {
-    let first = tensors
-        .first()
-        .ok_or_else(|| Error::shape("cat", "expected a non-empty list of tensors"))?;
+    let Some(first) = tensors.first() else {
+        return Err(Error::shape("cat", "expected a non-empty list of tensors"));
+    };
     let d = norm_dim(dim, first.ndim())?;
-    let dt = tensors.iter().map(|t| t.dtype()).max().expect("non-empty");
+    let dt = tensors
+        .iter()
+        .map(|t| t.dtype())
+        .reduce(promote)
+        .expect("non-empty");
     let parts: Vec<Tensor> = tensors
         .iter()
         .map(|t| t.try_to_dtype(dt))
@@ -935,26 +1026,29 @@ pub(crate) fn where_labeled(cond: &Tensor, a: &Tensor, b: &Tensor, label: &'stat
 #[track_caller]
 fn try_where(cond: &Tensor, a: Operand<'_>, b: Operand<'_>, label: &'static str) -> Result<Tensor> {
     let (a, b) = match (a, b) {
-        (Operand::Tensor(a), b) => a.operand(b, false)?,
-        (Operand::Scalar(x), Operand::Tensor(b)) => {
-            let (b2, a2) = b.operand(Operand::Scalar(x), false)?;
+        (Operand::Tensor(a), b) => a.operand(b, false, "where")?,
+        (a, Operand::Tensor(b)) => {
+            let (b2, a2) = b.operand(a, false, "where")?;
             (a2, b2)
         }
-        (Operand::Scalar(x), Operand::Scalar(y)) => {
-            let t = Tensor::constant(x, DType::F32, vec![]);
-            t.operand(Operand::Scalar(y), false)?
+        // Two scalars: a 0-d tensor of the first one's kind, promoted with the second.
+        (Operand::Scalar(x), y) => {
+            Tensor::constant(x, DType::F32, vec![]).operand(y, false, "where")?
+        }
+        (Operand::Int(x), y) => {
+            Tensor::constant(x as f64, DType::I64, vec![]).operand(y, false, "where")?
         }
     };
-    let shape = broadcast_shapes(cond.shape(), a.shape()).ok_or_else(|| {
-        Error::shape(
+    let Some(shape) = broadcast_shapes(cond.shape(), a.shape()) else {
+        return Err(Error::shape(
             "where",
             format!(
                 "condition {} and values {} do not broadcast",
                 fmt_shape(cond.shape()),
                 fmt_shape(a.shape())
             ),
-        )
-    })?;
+        ));
+    };
     let c = if cond.dtype() == DType::Bool {
         cond.clone()
     } else {

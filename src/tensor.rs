@@ -101,7 +101,8 @@ impl Tensor {
     // ----- construction ---------------------------------------------------------------------
 
     /// A node of the traced program. `requires_grad` follows PyTorch: true when any operand
-    /// requires grad and grad mode is on.
+    /// requires grad, grad mode is on and the result is a float (masks and indices never
+    /// require grad).
     pub(crate) fn from_op(
         op: Op,
         inputs: Vec<Tensor>,
@@ -109,8 +110,9 @@ impl Tensor {
         loc: Loc,
         label: Option<&'static str>,
     ) -> Tensor {
-        let requires_grad =
-            crate::autograd::is_grad_enabled() && inputs.iter().any(|t| t.requires_grad());
+        let requires_grad = ty.dtype.is_float()
+            && crate::autograd::is_grad_enabled()
+            && inputs.iter().any(|t| t.requires_grad());
         let snaps = inputs
             .iter()
             .map(|t| t.0.storage.read().ok().and_then(|s| s.clone()))
@@ -213,8 +215,10 @@ impl Tensor {
 
     #[track_caller]
     pub fn try_from_vec<T: Element>(data: Vec<T>, shape: impl Into<Vec<usize>>) -> Result<Tensor> {
-        let lit =
-            Literal::new(shape, T::into_data(data)).map_err(|m| Error::shape("from_vec", m))?;
+        let lit = match Literal::new(shape, T::into_data(data)) {
+            Ok(lit) => lit,
+            Err(m) => return Err(Error::shape("from_vec", m)),
+        };
         Ok(Tensor::leaf(lit, false, Loc::caller()))
     }
 
@@ -357,6 +361,9 @@ impl Tensor {
     /// Size of axis `dim` (negative counts from the end).
     #[track_caller]
     pub fn size(&self, dim: isize) -> usize {
+        if self.ndim() == 0 {
+            panic!("{}", Error::shape("size", "a 0-d tensor has no dimensions"));
+        }
         let d = crate::ops::norm_dim(dim, self.ndim()).unwrap_or_else(|e| panic!("{e}"));
         self.shape()[d]
     }

@@ -15,6 +15,7 @@ pub mod infer;
 pub mod interp;
 pub mod literal;
 pub mod op;
+pub mod passes;
 pub mod shape;
 pub mod text;
 pub mod verify;
