@@ -36,7 +36,14 @@ impl<T: Element> NdRef<'_, T> {
 /// A mutable view of a tensor's buffer; holds the tensor's storage lock while alive.
 pub struct NdMut<'a, T> {
     guard: RwLockWriteGuard<'a, Option<Arc<Literal>>>,
+    storage: &'a crate::tensor::Storage,
     _t: PhantomData<T>,
+}
+
+impl<T> Drop for NdMut<'_, T> {
+    fn drop(&mut self) {
+        crate::tensor::end_mut_view(self.storage);
+    }
 }
 
 impl<T: Element> NdMut<'_, T> {
@@ -127,16 +134,18 @@ impl Tensor {
             Err(TryLockError::WouldBlock) => return Err(borrowed()),
             Err(TryLockError::Poisoned(p)) => p.into_inner(),
         };
+        crate::tensor::begin_mut_view(&self.0.storage);
         Ok(NdMut {
             guard,
+            storage: &self.0.storage,
             _t: PhantomData,
         })
     }
 
     /// Address of the realised buffer (for checking that two handles share memory).
     pub fn data_ptr(&self) -> Option<usize> {
-        let g = self.0.storage.read().ok()?;
-        let lit = g.as_ref()?;
+        let g = crate::tensor::read_storage(&self.0.storage).ok()??;
+        let lit = g.as_ref();
         Some(match &lit.data {
             kiln_ir::Data::F32(v) => v.as_ptr() as usize,
             kiln_ir::Data::F64(v) => v.as_ptr() as usize,

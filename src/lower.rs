@@ -37,8 +37,8 @@ pub struct Lowered {
     pub placeholders: Vec<(NodeId, Tensor)>,
 }
 
-fn value_of(t: &Tensor) -> Option<Arc<Literal>> {
-    t.0.storage.read().ok().and_then(|s| s.clone())
+fn value_of(t: &Tensor) -> Result<Option<Arc<Literal>>> {
+    crate::tensor::read_storage(&t.0.storage)
 }
 
 /// Lowers the DAG below `roots`. Placeholders are an error unless `allow_placeholders`.
@@ -63,7 +63,7 @@ pub fn lower(roots: &[Tensor], allow_placeholders: bool) -> Result<Lowered> {
         if cx.lw.node_of.contains_key(&t.id()) {
             continue;
         }
-        let value = value_of(&t);
+        let value = value_of(&t)?;
         if t.is_source() || (value.is_some() && !t.requires_grad()) {
             let node = match value {
                 Some(v) => cx.bound_leaf(&t, v)?,

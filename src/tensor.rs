@@ -51,6 +51,40 @@ pub(crate) struct GradGroup {
     pub wrt: Vec<Tensor>,
 }
 
+thread_local! {
+    /// Storages this thread holds an `ndarray_mut` view of. Reading one would wait forever on
+    /// its lock, so readers check here first and report a borrow error instead (like `RefCell`).
+    static MUT_VIEWS: std::cell::RefCell<Vec<usize>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn storage_key(s: &Storage) -> usize {
+    Arc::as_ptr(s) as usize
+}
+
+/// Marks a storage as mutably borrowed by this thread (until [`end_mut_view`]).
+pub(crate) fn begin_mut_view(s: &Storage) {
+    MUT_VIEWS.with(|v| v.borrow_mut().push(storage_key(s)));
+}
+
+pub(crate) fn end_mut_view(s: &Storage) {
+    MUT_VIEWS.with(|v| {
+        let mut v = v.borrow_mut();
+        if let Some(i) = v.iter().position(|&k| k == storage_key(s)) {
+            v.swap_remove(i);
+        }
+    });
+}
+
+/// The current value of a storage; an error if this thread holds a mutable view of it.
+pub(crate) fn read_storage(s: &Storage) -> Result<Option<Arc<Literal>>> {
+    if MUT_VIEWS.with(|v| v.borrow().contains(&storage_key(s))) {
+        return Err(Error::Borrow(
+            "a mutable ndarray view of this tensor is alive on this thread; drop it first".into(),
+        ));
+    }
+    Ok(s.read().unwrap_or_else(|p| p.into_inner()).clone())
+}
+
 /// A tensor: a cheap, thread-safe handle (`Clone` shares it) to a node of the traced program.
 #[derive(Clone)]
 pub struct Tensor(pub(crate) Arc<Inner>);
@@ -115,7 +149,7 @@ impl Tensor {
             && inputs.iter().any(|t| t.requires_grad());
         let snaps = inputs
             .iter()
-            .map(|t| t.0.storage.read().ok().and_then(|s| s.clone()))
+            .map(|t| read_storage(&t.0.storage).ok().flatten())
             .collect();
         Tensor(Arc::new(Inner {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
@@ -142,7 +176,7 @@ impl Tensor {
         inputs.extend(group.wrt.iter().cloned());
         let snaps = inputs
             .iter()
-            .map(|t| t.0.storage.read().ok().and_then(|s| s.clone()))
+            .map(|t| read_storage(&t.0.storage).ok().flatten())
             .collect();
         Tensor(Arc::new(Inner {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
@@ -421,7 +455,10 @@ impl Tensor {
 
     /// Whether the value has been computed.
     pub fn is_realized(&self) -> bool {
-        self.0.storage.read().map(|s| s.is_some()).unwrap_or(false)
+        // A storage under a mutable view was realised before the view was taken.
+        read_storage(&self.0.storage)
+            .map(|v| v.is_some())
+            .unwrap_or(true)
     }
 
     /// Names the tensor; lowered graphs and IR dumps use the name for its input.
@@ -481,12 +518,7 @@ impl Tensor {
     /// The realised value (realising it first).
     pub fn literal(&self) -> Result<Arc<Literal>> {
         self.realize()?;
-        let s = self
-            .0
-            .storage
-            .read()
-            .map_err(|_| Error::Borrow("storage lock poisoned".into()))?;
-        Ok(s.clone().expect("realize() stores a value"))
+        Ok(read_storage(&self.0.storage)?.expect("realize() stores a value"))
     }
 
     /// Computes the value if it is not yet computed.

@@ -1809,3 +1809,19 @@ fn lenet_has_the_tutorials_parameter_count_and_shapes() {
     let bound = 1.0 / (576.0f32).sqrt();
     assert!(f32s(&net.fc1.weight).iter().all(|v| v.abs() <= bound));
 }
+
+#[test]
+fn reads_while_a_mutable_view_is_alive_are_errors_not_hangs() {
+    let t = Tensor::ones([3]);
+    let mut m = t.ndarray_mut::<f32>().unwrap();
+    m.view_mut()[0] = 5.0;
+    // Each of these would otherwise wait forever on the storage lock held by `m`.
+    assert!(t.try_to_vec::<f32>().is_err());
+    assert!(t.ndarray::<f32>().is_err());
+    assert!(t.data_ptr().is_none());
+    let lazy = &t + 1.0; // recording an op does not read the value...
+    assert!(lazy.try_to_vec::<f32>().is_err()); // ...computing it does, and says why
+    drop(m);
+    assert_eq!(t.to_vec::<f32>(), vec![5.0, 1.0, 1.0]);
+    assert_eq!(lazy.to_vec::<f32>(), vec![6.0, 2.0, 2.0]);
+}
