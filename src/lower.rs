@@ -37,7 +37,12 @@ pub struct Lowered {
     pub placeholders: Vec<(NodeId, Tensor)>,
 }
 
+/// The value lowering binds for `t`: what an op computed (see `Inner::computed`), or a
+/// source's current value.
 fn value_of(t: &Tensor) -> Result<Option<Arc<Literal>>> {
+    if let Some(v) = t.0.computed.get() {
+        return Ok(Some(v.clone()));
+    }
     crate::tensor::read_storage(&t.0.storage)
 }
 
@@ -297,8 +302,12 @@ pub fn realize(targets: &[Tensor]) -> Result<()> {
 /// Stores a computed value; a tensor no gradient flows through drops its operands, so the
 /// history of a long computation does not stay alive.
 pub(crate) fn store(t: &Tensor, v: Literal) {
+    let v = Arc::new(v);
+    if !t.is_source() {
+        let _ = t.0.computed.set(v.clone());
+    }
     let mut s = t.0.storage.write().unwrap_or_else(|p| p.into_inner());
-    *s = Some(Arc::new(v));
+    *s = Some(v);
     drop(s);
     if !t.requires_grad() {
         t.0.inputs

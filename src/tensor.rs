@@ -42,6 +42,11 @@ pub(crate) struct Inner {
     /// Its `inputs` are the group's output, seed and `wrt` tensors, so lowering visits them
     /// first; lowering then differentiates the group once (see `lower.rs`).
     pub grad_src: Option<(Arc<GradGroup>, usize)>,
+    /// For an op: the value it computed, kept apart from `storage` so that a later in-place
+    /// write through an alias (`.detach()`, an ndarray view) does not change what the ops
+    /// recorded before that write see — they read this; ops recorded after it snapshot the
+    /// new value.
+    pub computed: std::sync::OnceLock<Arc<Literal>>,
 }
 
 /// A request for the gradients of `output` (seeded with `seed`, or ones) with respect to `wrt`.
@@ -164,6 +169,7 @@ impl Tensor {
             grad: Mutex::new(None),
             name: Mutex::new(None),
             grad_src: None,
+            computed: std::sync::OnceLock::new(),
         }))
     }
 
@@ -191,6 +197,7 @@ impl Tensor {
             grad: Mutex::new(None),
             name: Mutex::new(None),
             grad_src: Some((group.clone(), index)),
+            computed: std::sync::OnceLock::new(),
         }))
     }
 
@@ -232,6 +239,7 @@ impl Tensor {
             grad: Mutex::new(None),
             name: Mutex::new(None),
             grad_src: None,
+            computed: std::sync::OnceLock::new(),
         }))
     }
 
