@@ -807,6 +807,8 @@ pub fn gelu(x: &Tensor) -> Tensor {
 /// probability `p` and the others scaled by `1 / (1 - p)` (all zeroed for `p = 1`); otherwise,
 /// and for `p = 0`, the identity. The mask is drawn from `generator` (one uniform per element,
 /// kept when `u >= p`) and enters the graph as a constant, so the gradient is the same mask.
+/// Because the mask is host data, training-mode dropout inside a compiled step is an error
+/// (the step would replay one mask forever) until the IR has a random-number op.
 #[track_caller]
 pub fn try_dropout(
     x: &Tensor,
@@ -823,6 +825,12 @@ pub fn try_dropout(
             "dropout: expected a float input, got {}",
             x.dtype()
         )));
+    }
+    if crate::compile::is_tracing() {
+        // The mask is host data: a traced step would replay the trace-time mask at every run.
+        return Err(Error::Autograd(
+            "dropout in training mode inside a compiled step: the IR has no random-number op yet, so the mask would be frozen at trace time; run this step eagerly, or trace it in eval mode or with p = 0".into(),
+        ));
     }
     let scale = if p < 1.0 { 1.0 / (1.0 - p) } else { 0.0 };
     let mask: Vec<f64> = (0..x.numel())

@@ -496,9 +496,12 @@ macro_rules! optimizer_common {
             }
 
             /// Applies one update to every parameter that has a gradient: all updates are
-            /// built as lazy tensors and applied by one [`crate::assign`].
+            /// built as lazy tensors and applied by one [`crate::assign`]. Errors (invalid
+            /// hyper-parameters, a gradient of the wrong shape) name the caller's line.
+            #[track_caller]
             pub fn step(&mut self) -> $crate::error::Result<()> {
-                self.core.step()
+                let loc = kiln_ir::Loc::caller();
+                self.core.step().map_err(|e| e.at(loc))
             }
 
             /// Adds a parameter group with its own hyper-parameters (`add_param_group`);
@@ -553,8 +556,10 @@ macro_rules! optimizer_common {
         }
 
         impl $crate::optim::Optimizer for $ty {
+            #[track_caller]
             fn step(&mut self) -> $crate::error::Result<()> {
-                self.core.step()
+                let loc = kiln_ir::Loc::caller();
+                self.core.step().map_err(|e| e.at(loc))
             }
             fn zero_grad(&self) {
                 self.core.zero_grad()

@@ -64,8 +64,16 @@ fn data_error(r: Result<Mnist>) -> (String, String) {
 #[test]
 fn reads_known_values_plain_and_gzipped() -> Result<()> {
     let dir = TempDir::new("values");
-    let text = format!("{}\n{}\n\n{}\r\n", csv_line(0, 3), csv_line(7, 0), csv_line(100, 9));
-    for path in [dir.write("small.csv", text.as_bytes()), dir.write_gz("small.csv.gz", &text)] {
+    let text = format!(
+        "{}\n{}\n\n{}\r\n",
+        csv_line(0, 3),
+        csv_line(7, 0),
+        csv_line(100, 9)
+    );
+    for path in [
+        dir.write("small.csv", text.as_bytes()),
+        dir.write_gz("small.csv.gz", &text),
+    ] {
         let m = Mnist::read_csv(&path)?;
         assert_eq!(m.len(), 3, "the empty line is skipped");
         assert_eq!(m.labels(), &[3, 0, 9]);
@@ -104,7 +112,11 @@ fn padding_and_normalisation() -> Result<()> {
     let (mean, std) = (0.5f32, 0.25f32);
     let n = m.clone().with_normalization(mean, std)?;
     let w = n.image(0)?.to_vec::<f32>();
-    assert_eq!(w[0], (0.0 - mean) / std, "padding is the normalised background");
+    assert_eq!(
+        w[0],
+        (0.0 - mean) / std,
+        "padding is the normalised background"
+    );
     assert_eq!(w[2 * 32 + 2], (1.0 / 255.0 - mean) / std);
     assert!(matches!(
         m.clone().with_normalization(0.0, 0.0),
@@ -112,7 +124,12 @@ fn padding_and_normalisation() -> Result<()> {
     ));
 
     let (pm, ps) = m.pixel_mean_std();
-    let xs: Vec<f64> = m.pixels(0).unwrap().iter().map(|&p| p as f64 / 255.0).collect();
+    let xs: Vec<f64> = m
+        .pixels(0)
+        .unwrap()
+        .iter()
+        .map(|&p| p as f64 / 255.0)
+        .collect();
     let em = xs.iter().sum::<f64>() / 784.0;
     let es = (xs.iter().map(|x| (x - em) * (x - em)).sum::<f64>() / 784.0).sqrt();
     assert!((pm - em).abs() < 1e-12 && (ps - es).abs() < 1e-9);
@@ -172,7 +189,12 @@ fn malformed_files_are_errors_naming_file_line_and_problem() {
             "",
         ),
         (
-            format!("{}\n{}\n{}\n", csv_line(0, 1), csv_line(0, 2), csv_line(0, 10)),
+            format!(
+                "{}\n{}\n{}\n",
+                csv_line(0, 1),
+                csv_line(0, 2),
+                csv_line(0, 10)
+            ),
             "line 3: column 785: label 10 is out of range 0-9",
             "",
         ),
@@ -290,14 +312,24 @@ fn batches_in_order_with_a_short_last_batch() -> Result<()> {
     let mut loader = DataLoader::from_arc(ds.clone(), 4)?;
     assert_eq!(loader.len(), 3);
     let batches = epoch_labels(&mut loader);
-    assert_eq!(batches, vec![vec![0, 1, 2, 3], vec![4, 5, 6, 7], vec![8, 9]]);
+    assert_eq!(
+        batches,
+        vec![vec![0, 1, 2, 3], vec![4, 5, 6, 7], vec![8, 9]]
+    );
     assert_eq!(ds.reads.load(Ordering::SeqCst), 10);
     let reader = ds.reader_thread.lock().unwrap().unwrap();
-    assert_ne!(reader, std::thread::current().id(), "samples are read on the loader's thread");
+    assert_ne!(
+        reader,
+        std::thread::current().id(),
+        "samples are read on the loader's thread"
+    );
 
     let mut dropping = DataLoader::from_arc(ds, 4)?.drop_last(true);
     assert_eq!(dropping.len(), 2);
-    assert_eq!(epoch_labels(&mut dropping), vec![vec![0, 1, 2, 3], vec![4, 5, 6, 7]]);
+    assert_eq!(
+        epoch_labels(&mut dropping),
+        vec![vec![0, 1, 2, 3], vec![4, 5, 6, 7]]
+    );
     assert!(DataLoader::new(VecDataset(vec![1i64]), 0).is_err());
     Ok(())
 }
@@ -324,7 +356,11 @@ fn shuffling_is_seeded_and_covers_every_sample_once_per_epoch() -> Result<()> {
         let mut all: Vec<i64> = ea.concat();
         assert_ne!(all, (0..n as i64).collect::<Vec<_>>(), "shuffled");
         all.sort();
-        assert_eq!(all, (0..n as i64).collect::<Vec<_>>(), "each sample exactly once");
+        assert_eq!(
+            all,
+            (0..n as i64).collect::<Vec<_>>(),
+            "each sample exactly once"
+        );
         epochs.push(ea);
     }
     assert_ne!(epochs[0], epochs[1], "every epoch draws a new order");
@@ -379,11 +415,18 @@ impl Dataset for Faulty {
 fn errors_and_panics_on_the_thread_are_values() -> Result<()> {
     let mut loader = DataLoader::new(Faulty { panic_at: None }, 5)?;
     let results: Vec<_> = loader.iter().collect();
-    assert_eq!(results.len(), 3, "two batches, then the error ends the epoch");
+    assert_eq!(
+        results.len(),
+        3,
+        "two batches, then the error ends the epoch"
+    );
     assert!(results[0].is_ok() && results[1].is_ok());
     match &results[2] {
         Err(Error::Data { msg, .. }) => {
-            assert!(msg.contains("sample 3 of the batch") && msg.contains("[3]"), "{msg}")
+            assert!(
+                msg.contains("sample 3 of the batch") && msg.contains("[3]"),
+                "{msg}"
+            )
         }
         other => panic!("expected a collate error, got {:?}", other.as_ref().err()),
     }
@@ -393,7 +436,10 @@ fn errors_and_panics_on_the_thread_are_values() -> Result<()> {
     assert_eq!(results.len(), 2);
     match &results[1] {
         Err(Error::Data { msg, .. }) => assert!(msg.contains("sample 7 is cursed"), "{msg}"),
-        other => panic!("expected the panic as an error, got {:?}", other.as_ref().err()),
+        other => panic!(
+            "expected the panic as an error, got {:?}",
+            other.as_ref().err()
+        ),
     }
     Ok(())
 }
@@ -421,7 +467,10 @@ fn collate_stacks_fields() -> Result<()> {
 
     // Unrealised (traced) samples are computed before stacking.
     let t = Tensor::ones([2]).mul(3.0);
-    assert_eq!(Tensor::collate(vec![t.clone(), t])?.to_vec::<f32>(), vec![3.0; 4]);
+    assert_eq!(
+        Tensor::collate(vec![t.clone(), t])?.to_vec::<f32>(),
+        vec![3.0; 4]
+    );
     assert!(Tensor::collate(vec![]).is_err());
     Ok(())
 }

@@ -1133,3 +1133,64 @@ fn unet3d_options_add_batch_norm_residuals_dropout_and_deep_supervision() {
     assert!(nn::UNet3d::new(2, 2, 2, bad, &mut Generator::new(0)).is_err());
     assert!(nn::UNet3d::new(0, 2, 2, Default::default(), &mut Generator::new(0)).is_err());
 }
+
+#[test]
+fn batch_norm_buffers_update_across_runs_of_a_compiled_step() {
+    let bn = nn::BatchNorm1d::new(2);
+    let x1 = [[1.0, -2.0], [2.0, 0.0], [4.0, 1.0], [5.0, 5.0]];
+    let x2 = [[0.0, 3.0], [-1.0, 3.5], [3.0, 2.0], [6.0, -4.0]];
+    let t = |x: &[[f64; 2]]| {
+        Tensor::from_vec(
+            x.iter().flatten().map(|&v| v as f32).collect::<Vec<f32>>(),
+            [x.len(), 2],
+        )
+    };
+    let step = kiln::compile::compile(&[&t(&x1)], |ins| {
+        let y = bn.forward(&ins[0]);
+        Ok(vec![y.sum_all()])
+    })
+    .unwrap();
+    // Tracing records the updates; it does not perform them.
+    assert_eq!(floats(bn.running_mean.as_ref().unwrap()), vec![0.0, 0.0]);
+    let (mut rm, mut rv) = ([0.0, 0.0], [1.0, 1.0]);
+    for x in [&x1, &x2] {
+        step.run(&[&t(x)]).unwrap();
+        let st = channel_stats(x);
+        for c in 0..2 {
+            rm[c] = 0.9 * rm[c] + 0.1 * st[c].0;
+            rv[c] = 0.9 * rv[c] + 0.1 * st[c].2;
+        }
+        assert_close(
+            "compiled running_mean",
+            &floats(bn.running_mean.as_ref().unwrap()),
+            &rm,
+            1e-6,
+        );
+        assert_close(
+            "compiled running_var",
+            &floats(bn.running_var.as_ref().unwrap()),
+            &rv,
+            1e-6,
+        );
+    }
+    assert_eq!(
+        bn.num_batches_tracked.as_ref().unwrap().to_vec::<i64>(),
+        vec![2]
+    );
+}
+
+#[test]
+fn training_mode_dropout_is_refused_inside_a_compiled_step() {
+    let x = Tensor::ones([4, 4]);
+    let mut d = nn::Dropout::new(0.5).seed(1);
+    let e = kiln::compile::compile(&[&x], |ins| Ok(vec![d.try_forward(&ins[0])?.sum_all()]))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("compiled step") && e.contains("dropout"), "{e}");
+    // In eval mode it is the identity, which traces fine.
+    d.eval();
+    let step =
+        kiln::compile::compile(&[&x], |ins| Ok(vec![d.try_forward(&ins[0])?.sum_all()])).unwrap();
+    assert_eq!(step.run(&[&x]).unwrap()[0].item(), 16.0);
+}

@@ -17,6 +17,7 @@ use kiln_ir::text::{parse, print};
 use kiln_ir::*;
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
 // ----- seeded random numbers -------------------------------------------------------------------
 
@@ -288,6 +289,9 @@ struct Gen<'r> {
     /// Only float values (for autodiff, so every node can carry a gradient).
     floats_only: bool,
     inputs: usize,
+    /// Probability of re-making a node after each step (exactly, or with one attribute
+    /// changed).
+    dup_rate: f64,
 }
 
 const SIZES: [usize; 7] = [1, 1, 2, 3, 4, 5, 7];
@@ -520,6 +524,7 @@ impl Gen<'_> {
                             | Op::Expand(_)
                             | Op::Slice(_)
                             | Op::Pad { .. }
+                            | Op::Cast(_)
                     )
                 });
                 let (a, kind) = match recent.map(|n| (n, &self.g.node(n).op)) {
@@ -527,6 +532,7 @@ impl Gen<'_> {
                     Some((n, Op::Permute(_))) => (n, 1),
                     Some((n, Op::Expand(_))) => (n, 2),
                     Some((n, Op::Slice(_))) => (n, 3),
+                    Some((n, Op::Cast(_))) => (n, 5),
                     Some((n, _)) => (n, 4),
                     None => {
                         let a = self.any();
@@ -582,7 +588,7 @@ impl Gen<'_> {
             _ => unreachable!(),
         }
         // Repeated subexpressions: re-make a recent node from the same operands.
-        if self.rng.chance(0.2) {
+        if self.rng.chance(self.dup_rate) {
             let n = self.any();
             let node = self.g.node(n).clone();
             if !node.op.is_leaf() || matches!(node.op, Op::Full { .. } | Op::Const(_)) {
@@ -591,12 +597,76 @@ impl Gen<'_> {
                 if ops.len() == 2 && self.rng.chance(0.5) {
                     ops.swap(0, 1);
                 }
-                self.push(node.op, &ops);
+                let op = if self.rng.chance(0.4) {
+                    self.perturb(&node.op)
+                } else {
+                    node.op
+                };
+                self.push(op, &ops);
             }
         }
     }
 
-    /// A random movement op of `kind` (reshape, permute, expand, slice, pad) on `a`.
+    /// `op` with one attribute changed: a near-duplicate that CSE must not merge (when its
+    /// type is still the same, only the attributes tell the two apart).
+    fn perturb(&mut self, op: &Op) -> Op {
+        let mut op = op.clone();
+        match &mut op {
+            Op::Full { value, .. } => *value = self.rng.pick(&FILL),
+            Op::Const(lit) => {
+                let ty = lit.ty();
+                *lit = Arc::new(random_literal(self.rng, &ty, true));
+            }
+            Op::Unary(u) => *u = self.rng.pick(&[UnaryOp::Neg, UnaryOp::Abs, UnaryOp::Exp]),
+            Op::Binary(b) => {
+                *b = self
+                    .rng
+                    .pick(&[BinaryOp::Add, BinaryOp::Sub, BinaryOp::Max])
+            }
+            Op::Compare(c) => *c = self.rng.pick(&[CmpOp::Lt, CmpOp::Le, CmpOp::Ne]),
+            Op::Cast(d) => *d = self.rng.pick(&DType::ALL),
+            Op::Reduce { op, axes } => {
+                if self.rng.chance(0.5) {
+                    *op = if *op == ReduceOp::Sum {
+                        ReduceOp::Max
+                    } else {
+                        ReduceOp::Sum
+                    };
+                } else if !axes.is_empty() {
+                    axes.pop();
+                }
+            }
+            Op::Permute(p) if p.len() >= 2 => p.swap(0, 1),
+            Op::Slice(axes) => {
+                if let Some(a) = axes.iter_mut().find(|a| a.len() >= 1) {
+                    match self.rng.below(3) {
+                        0 => a.step += 1,
+                        1 => a.end = a.end.saturating_sub(1).max(a.start),
+                        _ => a.start = (a.start + 1).min(a.end),
+                    }
+                }
+            }
+            Op::Pad { value, lo, .. } => {
+                if self.rng.chance(0.7) {
+                    *value = self.rng.pick(&FILL);
+                } else if let Some(l) = lo.first_mut() {
+                    *l += 1;
+                }
+            }
+            Op::Conv(p) | Op::ConvTranspose(p) | Op::ConvWeight { params: p, .. } => {
+                match self.rng.below(3) {
+                    0 => p.stride[0] += 1,
+                    1 => p.padding[0] += 1,
+                    _ => p.dilation[0] += 1,
+                }
+            }
+            _ => {}
+        }
+        op
+    }
+
+    /// A random movement op of `kind` (reshape, permute, expand, slice, pad, and 5: a cast)
+    /// on `a`.
     fn movement(&mut self, a: NodeId, kind: usize) {
         let shape = self.g.shape(a).to_vec();
         let rank = shape.len();
@@ -658,6 +728,7 @@ impl Gen<'_> {
                     })
                     .collect(),
             ),
+            5 => Op::Cast(self.rng.pick(&DType::ALL)),
             _ => Op::Pad {
                 lo: (0..rank)
                     .map(|_| self.rng.below(3).saturating_sub(1))
@@ -769,6 +840,18 @@ struct Random {
 
 /// A random graph of `steps` steps with 1 to 4 outputs (and usually some dead code).
 fn random_graph(rng: &mut Rng, steps: usize, sign_blind: bool, floats_only: bool) -> Random {
+    random_graph_with(rng, steps, sign_blind, floats_only, false)
+}
+
+/// [`random_graph`], optionally with every non-leaf node an output (nothing is dead, so every
+/// rewrite is observed) and more near-duplicates.
+fn random_graph_with(
+    rng: &mut Rng,
+    steps: usize,
+    sign_blind: bool,
+    floats_only: bool,
+    all_outputs: bool,
+) -> Random {
     let mut gen = Gen {
         rng,
         g: Graph::new(),
@@ -786,6 +869,9 @@ fn random_graph(rng: &mut Rng, steps: usize, sign_blind: bool, floats_only: bool
     let d = gen.dtype_float();
     gen.g.param("w", TensorType::new(d, s)).unwrap();
     gen.pool.push(gen.g.params["w"]);
+    if all_outputs {
+        gen.dup_rate = 0.6;
+    }
     for _ in 0..steps {
         gen.step();
     }
@@ -797,6 +883,13 @@ fn random_graph(rng: &mut Rng, steps: usize, sign_blind: bool, floats_only: bool
             gen.any()
         };
         gen.g.set_output(format!("out{k}"), o);
+    }
+    if all_outputs {
+        for n in gen.g.node_ids() {
+            if !gen.g.node(n).op.is_leaf() {
+                gen.g.set_output(format!("n{}", n.index()), n);
+            }
+        }
     }
     let params = gen.g.params.values().copied().collect();
     Random {
@@ -855,9 +948,32 @@ fn random_graphs_keep_their_semantics() {
 }
 
 #[test]
+fn random_graphs_with_every_node_an_output_keep_their_semantics() {
+    // Nothing is dead here, so a wrong merge or rewrite anywhere shows in some output; many
+    // near-duplicates (one attribute changed) test that CSE compares every attribute.
+    let mut rng = Rng(777);
+    for case in 0..250 {
+        let steps = 6 + rng.below(20);
+        let r = random_graph_with(&mut rng, steps, false, false, true);
+        let mut g = r.graph.clone();
+        optimize(&mut g, &PassOptions::default())
+            .unwrap_or_else(|e| panic!("case {case}: {e}\n{}", r.graph));
+        assert_same_semantics(
+            &r.graph,
+            &g,
+            &mut rng,
+            2,
+            false,
+            &format!("all-outputs case {case}"),
+        );
+    }
+}
+
+#[test]
 fn random_movement_chains_compose_exactly() {
-    // Chains of one kind of movement op on an input, where the composition rules (steps of
-    // slices times steps, permutations composed, pads added) do all the work.
+    // Chains of one kind of movement op (or of casts) on an input, where the composition
+    // rules (steps of slices times steps, permutations composed, pads added, lossless casts
+    // skipped) do all the work.
     let mut rng = Rng(4242);
     let mut composed = 0;
     for case in 0..300 {
@@ -868,6 +984,7 @@ fn random_movement_chains_compose_exactly() {
             sign_blind: false,
             floats_only: false,
             inputs: 0,
+            dup_rate: 0.0,
         };
         let rank = 1 + gen.rng.below(3);
         let shape: Vec<usize> = (0..rank)
@@ -878,7 +995,7 @@ fn random_movement_chains_compose_exactly() {
             .input("x", TensorType::new(DType::F32, shape))
             .unwrap();
         gen.pool.push(x);
-        let kind = gen.rng.below(5);
+        let kind = gen.rng.below(6);
         for _ in 0..2 + gen.rng.below(3) {
             let last = *gen.pool.last().unwrap();
             gen.movement(last, kind);

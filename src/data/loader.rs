@@ -162,7 +162,7 @@ where
     }
 }
 
-impl<'a, D> IntoIterator for &'a mut DataLoader<D>
+impl<D> IntoIterator for &mut DataLoader<D>
 where
     D: Dataset + 'static,
     D::Sample: Collate,
@@ -240,7 +240,10 @@ impl<B> Iterator for Batches<B> {
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        (0, Some(self.remaining + usize::from(self.startup.is_some())))
+        (
+            0,
+            Some(self.remaining + usize::from(self.startup.is_some())),
+        )
     }
 }
 

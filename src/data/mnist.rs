@@ -100,9 +100,8 @@ impl Mnist {
             if n == 0 {
                 break;
             }
-            let text = std::str::from_utf8(&line).map_err(|_| {
-                data_err(name, format!("line {line_no}: not text (invalid UTF-8)"))
-            })?;
+            let text = std::str::from_utf8(&line)
+                .map_err(|_| data_err(name, format!("line {line_no}: not text (invalid UTF-8)")))?;
             let text = text.trim();
             if text.is_empty() {
                 continue;
@@ -173,7 +172,9 @@ impl Mnist {
         if !(std.is_finite() && std > 0.0 && mean.is_finite()) {
             return Err(data_err(
                 &self.path,
-                format!("normalisation needs a finite mean and a positive std, got {mean} and {std}"),
+                format!(
+                    "normalisation needs a finite mean and a positive std, got {mean} and {std}"
+                ),
             ));
         }
         self.mean_std = Some((mean, std));
@@ -313,8 +314,8 @@ fn parse_line(text: &str, images: &mut Vec<u8>) -> std::result::Result<u8, Strin
         } else {
             ("pixel value", 255)
         };
-        let v = parse_int(field.trim())
-            .map_err(|why| format!("column {}: {what} {why}", col + 1))?;
+        let v =
+            parse_int(field.trim()).map_err(|why| format!("column {}: {what} {why}", col + 1))?;
         if !(0..=max).contains(&v) {
             return Err(format!(
                 "column {}: {what} {v} is out of range 0-{max}",

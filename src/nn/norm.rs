@@ -170,12 +170,33 @@ impl<const N: usize> BatchNorm<N> {
         }
         match tracked {
             Some((rm, rv, nbt)) if self.training => {
-                let factor = match self.momentum {
-                    Some(m) => m,
-                    None => 1.0 / (nbt.try_item()? + 1.0),
-                };
+                // Eagerly, compute the input once now: the statistics' update below and the
+                // later backward then both start from its stored value, instead of each
+                // re-running the network up to this layer. A traced step computes nothing here.
+                if !crate::compile::is_tracing() {
+                    x.realize()?;
+                }
                 let (mut m, mut v) = (rm.clone(), rv.clone());
-                let y = F::batch_norm(x, Some(&mut m), Some(&mut v), w, b, true, factor, self.eps);
+                let y = match self.momentum {
+                    Some(f) => {
+                        F::batch_norm(x, Some(&mut m), Some(&mut v), w, b, true, f, self.eps)
+                    }
+                    None => {
+                        // The cumulative factor 1 / num_batches_tracked as a graph value, so a
+                        // compiled step recomputes it at every run.
+                        let y = F::batch_norm(x, None, None, w, b, true, 0.0, self.eps);
+                        crate::autograd::no_grad(|| {
+                            let axes: Vec<isize> =
+                                (0..x.ndim() as isize).filter(|&a| a != 1).collect();
+                            let f = nbt.add(1i64).to_dtype(rm.dtype()).reciprocal();
+                            let mean = x.mean(&axes, false).to_dtype(rm.dtype());
+                            let var = x.var(&axes, true, false).to_dtype(rm.dtype());
+                            m = rm.add(&mean.sub(rm).mul(&f));
+                            v = rv.add(&var.sub(rv).mul(&f));
+                        });
+                        y
+                    }
+                };
                 let n = crate::autograd::no_grad(|| nbt.add(1i64));
                 crate::autograd::no_grad(|| crate::assign(&[(rm, &m), (rv, &v), (nbt, &n)]))?;
                 Ok(y)

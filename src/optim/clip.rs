@@ -30,7 +30,8 @@ pub fn clip_grad_norm_(params: &[Tensor], max_norm: f64) -> Result<Tensor> {
 ///
 /// `norm_type` is `p > 0` or `f64::INFINITY` (max of absolute values). Returns the total norm
 /// (before clipping) as a realised 0-d tensor, computed by the same program as the scaled
-/// gradients; 0 when no parameter has a gradient. A negative or NaN `max_norm` or an
+/// gradients (inside a compiled step: the lazy norm, which the step can return); 0 when no
+/// parameter has a gradient. A negative or NaN `max_norm` or an
 /// unsupported `norm_type` is an error (PyTorch would silently flip or poison the gradients).
 pub fn clip_grad_norm_with(params: &[Tensor], max_norm: f64, norm_type: f64) -> Result<Tensor> {
     if max_norm.is_nan() || max_norm < 0.0 {
@@ -80,7 +81,6 @@ pub fn clip_grad_norm_with(params: &[Tensor], max_norm: f64, norm_type: f64) -> 
             .reciprocal()
             .mul(max_norm)
             .clamp(None, Some(1.0));
-        let total_out = Tensor::full(Vec::<usize>::new(), 0.0, dt);
         let mut pairs: Vec<(Tensor, Tensor)> = Vec::new();
         for (p, g) in &grads {
             let scaled = g.mul(&coef.to_dtype(g.dtype()));
@@ -90,6 +90,14 @@ pub fn clip_grad_norm_with(params: &[Tensor], max_norm: f64, norm_type: f64) -> 
                 p.set_grad(Some(scaled));
             }
         }
+        if crate::compile::is_tracing() {
+            // Inside a compiled step the norm is a value of the traced program (an output the
+            // step may return), not a tensor written after the program ran.
+            let refs: Vec<(&Tensor, &Tensor)> = pairs.iter().map(|(t, v)| (t, v)).collect();
+            crate::assign(&refs)?;
+            return Ok(total);
+        }
+        let total_out = Tensor::full(Vec::<usize>::new(), 0.0, dt);
         pairs.push((total_out.clone(), total));
         let refs: Vec<(&Tensor, &Tensor)> = pairs.iter().map(|(t, v)| (t, v)).collect();
         crate::assign(&refs)?;

@@ -120,33 +120,28 @@ impl UpdateRule for RmsPropOptions {
         }
         let alpha = self.alpha;
         let square_avg = state[0].mul(alpha).add(&g.mul(1.0 - alpha).mul(&g));
-        let mut new_state = vec![square_avg.clone()];
-        let mut next = 1;
-        let momentum_buf = (self.momentum > 0.0).then(|| {
-            next += 1;
-            &state[next - 1]
-        });
-        let avg = if self.centered {
-            let grad_avg = lerp(&state[next], &g, 1.0 - alpha);
-            // `square_avg.addcmul(grad_avg, grad_avg, value=-1)`
-            let avg = square_avg.add(&grad_avg.mul(-1.0).mul(&grad_avg)).sqrt();
-            new_state.push(grad_avg);
-            avg
+        // Buffers in `state_names` order: square_avg, momentum_buffer?, grad_avg?.
+        let has_momentum = self.momentum > 0.0;
+        let (avg, grad_avg) = if self.centered {
+            let ga = lerp(&state[if has_momentum { 2 } else { 1 }], &g, 1.0 - alpha);
+            // `square_avg.addcmul(grad_avg, grad_avg, value=-1).sqrt_()`
+            let avg = square_avg.add(&ga.mul(-1.0).mul(&ga)).sqrt();
+            (avg, Some(ga))
         } else {
-            square_avg.sqrt()
+            (square_avg.sqrt(), None)
         };
         let avg = avg.add(self.eps);
         let lr = s.lr_as(p.dtype());
-        let p = match momentum_buf {
-            Some(b) => {
-                let nb = b.mul(self.momentum).add(&g.div(&avg));
-                // Buffers in `state_names` order: momentum before grad_avg.
-                new_state.insert(1, nb.clone());
-                p.sub(&nb.mul(&lr))
-            }
+        let mut new_state = vec![square_avg];
+        let p = if has_momentum {
+            let b = state[1].mul(self.momentum).add(&g.div(&avg));
+            new_state.push(b.clone());
+            p.sub(&b.mul(&lr))
+        } else {
             // `param.addcdiv_(grad, avg, value=-lr)`: p + (-lr * g) / avg.
-            None => p.add(&g.mul(&lr.neg()).div(&avg)),
+            p.add(&g.mul(&lr.neg()).div(&avg))
         };
+        new_state.extend(grad_avg);
         Ok((p, new_state))
     }
 }

@@ -233,7 +233,7 @@ fn rule(g: &Graph, id: NodeId, opts: &PassOptions) -> Option<Rewrite> {
             } = &g.node(x).op
             {
                 let dt = ty.dtype;
-                if true {
+                if Scalar::of_value(dt, *value).same(Scalar::of_value(dt, *v2)) {
                     let add =
                         |a: &[usize], b: &[usize]| a.iter().zip(b).map(|(p, q)| p + q).collect();
                     return Some(Rewrite::New(
