@@ -15,9 +15,9 @@
 //!
 //! Why these settings: with only 4,000 training images LeNet fits the training set within a
 //! few epochs, and SGD alone (lr 0.05, momentum 0.9, cosine decay, 10 epochs) ends at
-//! 96.9-97.2% test accuracy. Random shifts of up to 2 pixels, weight decay 5e-4 and a learning rate of 0.02
-//! decaying to 0 over 12 epochs gave 97.4%, 97.7%, 97.6% and 97.5% for seeds 0-3 (about a
-//! minute and a half on two cores with the reference interpreter).
+//! 96.9-97.2% test accuracy. Random shifts of up to 2 pixels, weight decay 5e-4 and a
+//! learning rate of 0.02 decaying to 0 over 12 epochs gave 97.4%, 97.7%, 97.6% and 97.5% for
+//! seeds 0-3 (about a minute and a half on two cores with the reference interpreter).
 
 use indicatif::{ProgressBar, ProgressStyle};
 use kiln::data::{DataLoader, Dataset, Mnist};

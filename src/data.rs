@@ -6,8 +6,8 @@
 //!   batched ([`Collate`]): a [`Tensor`], a label (`i64`, `f32`, `f64`), a tuple of those, a
 //!   `Vec<Tensor>`, or your own struct.
 //! - [`DataLoader`]: splits an epoch into batches (seeded shuffling with kiln's
-//!   [`Generator`], `drop_last`), and prepares them on a background thread so that reading and
-//!   stacking the next batch overlaps the training step on the current one.
+//!   [`Generator`](crate::Generator), `drop_last`), and prepares them on a background thread
+//!   so that reading and stacking the next batch overlaps the training step on the current one.
 //! - [`Mnist`]: the MNIST CSV reader (the project bundles 5,000 real digits under
 //!   `data/mnist/`), with scaling to `[0, 1]`, optional mean/std normalisation, padding to
 //!   LeNet's 32x32 and deterministic train/test splits.
