@@ -10,9 +10,14 @@
 //!
 //! Inside a traced step nothing can be computed (the inputs have no values): `.item()` or
 //! printing there is an error; return such values as outputs instead. `.grad` values set
-//! during tracing are restored afterwards. Host-side values (a learning rate, an optimiser's
-//! step count used in a bias correction) are baked in as constants at trace time: re-trace
-//! when they change, or pass them as inputs.
+//! during tracing are restored afterwards.
+//!
+//! What a replay reads is what lives in tensors: parameters, buffers and optimiser state —
+//! including `kiln::optim`'s learning rates and step counts, which are 0-d tensors for exactly
+//! this reason, so a scheduler changing the learning rate between runs is seen by the next
+//! run. Plain host values used while tracing (an `f64` hyper-parameter such as a momentum, a
+//! Python-style scalar in the step's code) are constants of the traced program: re-trace when
+//! they change. Training-mode dropout is refused inside a trace (its mask would be frozen).
 
 use crate::error::{Error, Result};
 use crate::lower::{lower, run_graph};

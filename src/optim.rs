@@ -32,6 +32,9 @@
 //!   [`Optimizer::set_group_lr`] (and so every scheduler) overwrites in place. A replayed
 //!   program reads its current value.
 //!
+//! Schedulers are host code: call them between steps, outside the compiled function (their
+//! writes to the learning-rate tensors are then seen by every later replay).
+//!
 //! The other hyper-parameters (momentum, betas, eps, weight decay, flags) are host `f64`s
 //! baked into the graph as constants: changing them after a compiled step was traced needs a
 //! new trace (eagerly every `step()` builds a fresh graph, so changes apply immediately).
