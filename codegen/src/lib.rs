@@ -1,25 +1,87 @@
 //! kiln-codegen: scheduling, the kernel IR and the backends.
 //!
-//! For now kiln executes graphs with the reference interpreter of `kiln-ir`; the Cranelift CPU
-//! backend and the PTX backend arrive with their own issues and plug in behind [`Backend`].
+//! The CPU compiler takes a graph of `kiln-ir` to machine code in stages, each a module:
+//!
+//! 1. [`canon`]: a canonical numbering of the needed nodes and a structural key, so that
+//!    structurally identical graphs share one compiled program ([`cache`]);
+//! 2. [`schedule`]: which nodes get a buffer and a kernel, which are fused into their users;
+//! 3. [`lower`]: each kernel as [`kernel`] IR (loop nests, 64-bit index arithmetic, loads
+//!    and stores, accumulators, contraction calls), vectorised and verified;
+//! 4. [`memory`]: buffers planned by liveness;
+//! 5. [`cpu`]: Cranelift JIT of the loop nests, GEMM-backed [`contract`]ions, the runtime.
+//!
+//! [`execute`] is the entry point of the front end (same contract as
+//! [`kiln_ir::interp::eval`]); [`Program`] compiles once and runs many times.
+
+pub mod cache;
+pub mod canon;
+pub mod contract;
+pub mod cpu;
+pub mod dump;
+pub mod kernel;
+pub mod lower;
+pub mod memory;
+pub mod models;
+pub mod program;
+pub mod schedule;
+
+pub use cache::{stats as cache_stats, CacheStats};
+pub use program::Program;
+
+use kiln_ir::{Graph, Literal, NodeId};
+use std::collections::HashMap;
 
 /// Where a graph is executed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Backend {
     /// The reference interpreter of `kiln-ir`: clear, not fast; the oracle for the others.
-    #[default]
     Interpreter,
+    /// The Cranelift CPU compiler.
+    #[default]
+    Jit,
 }
 
 impl Backend {
-    /// The backend selected by `KILN_BACKEND` (`interp`), or the default.
+    /// The backend selected by `KILN_BACKEND` (`interp` or `jit`), or the default (`jit`).
     pub fn from_env() -> Backend {
         match std::env::var("KILN_BACKEND").as_deref() {
-            Ok("interp") | Ok("interpreter") | Err(_) => Backend::Interpreter,
+            Ok("interp") | Ok("interpreter") => Backend::Interpreter,
+            Ok("jit") | Ok("cpu") | Ok("") | Err(_) => Backend::Jit,
             Ok(other) => {
-                log::warn!("KILN_BACKEND={other} is not a known backend; using the interpreter");
-                Backend::Interpreter
+                log::warn!("KILN_BACKEND={other} is not a known backend (interp, jit); using jit");
+                Backend::Jit
             }
+        }
+    }
+}
+
+/// Evaluates the nodes `wanted` of `graph` with the backend chosen by `KILN_BACKEND`.
+///
+/// The contract of [`kiln_ir::interp::eval`]: `bindings` gives the values of the needed
+/// `input`/`param` nodes and may bind any other node (its value is used instead of computing
+/// it); every binding is checked against its node's type. With the JIT, the program is
+/// compiled on first use and cached by the graph's structure.
+pub fn execute(
+    graph: &Graph,
+    bindings: &HashMap<NodeId, &Literal>,
+    wanted: &[NodeId],
+) -> kiln_ir::Result<Vec<Literal>> {
+    execute_on(Backend::from_env(), graph, bindings, wanted)
+}
+
+/// [`execute`] on a given backend.
+pub fn execute_on(
+    backend: Backend,
+    graph: &Graph,
+    bindings: &HashMap<NodeId, &Literal>,
+    wanted: &[NodeId],
+) -> kiln_ir::Result<Vec<Literal>> {
+    match backend {
+        Backend::Interpreter => kiln_ir::interp::eval(graph, bindings, wanted),
+        Backend::Jit => {
+            let mut bound: Vec<NodeId> = bindings.keys().copied().collect();
+            bound.sort();
+            Program::compile(graph, wanted, &bound)?.run(bindings)
         }
     }
 }

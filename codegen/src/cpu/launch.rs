@@ -1,0 +1,208 @@
+//! Running one kernel of a compiled program: the only place that calls machine code.
+
+use crate::contract::{self, ConvGeometry, Epilogue, MatMulShape};
+use crate::cpu::KernelFn;
+use crate::kernel::{Access, Body, Contraction, Kernel};
+use kiln_ir::DType;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A buffer handed to a kernel: its base address and size in bytes.
+#[derive(Clone, Copy, Debug)]
+pub struct RawBuf {
+    pub ptr: *mut u8,
+    pub bytes: usize,
+}
+
+/// The sizes a contraction routine needs, validated once when the program is compiled.
+#[derive(Clone, Debug)]
+pub enum Prepared {
+    None,
+    MatMul(MatMulShape),
+    Conv(ConvGeometry),
+    ConvTranspose(ConvGeometry),
+    ConvWeight(ConvGeometry),
+}
+
+impl Prepared {
+    /// Validates the shapes of a kernel's contraction, if it has one.
+    pub fn new(k: &Kernel) -> Result<Prepared, String> {
+        let Body::Call(c) = &k.body else {
+            return Ok(Prepared::None);
+        };
+        let e = |e: contract::ContractError| format!("kernel {}: {e}", k.name);
+        Ok(match &c.op {
+            Contraction::MatMul { batch, m, k: kk, n } => Prepared::MatMul(
+                MatMulShape::new(&[*batch, *m, *kk], &[*batch, *kk, *n]).map_err(e)?,
+            ),
+            Contraction::Conv { x, w, params, .. } => {
+                Prepared::Conv(ConvGeometry::conv(x, w, params).map_err(e)?)
+            }
+            Contraction::ConvTranspose { x, w, params, .. } => {
+                Prepared::ConvTranspose(ConvGeometry::conv_transpose(x, w, params).map_err(e)?)
+            }
+            Contraction::ConvWeight { x, dy, dw, params } => {
+                Prepared::ConvWeight(ConvGeometry::conv_weight(x, dy, params, &dw[2..]).map_err(e)?)
+            }
+        })
+    }
+}
+
+/// Below this many loop iterations a kernel runs on the calling thread.
+static PARALLEL_MIN_WORK: AtomicU64 = AtomicU64::new(1 << 15);
+
+/// Sets the number of loop iterations from which a kernel with a parallel outer loop is
+/// split across threads (tests lower it to exercise the parallel paths on small data).
+pub fn set_parallel_min_work(n: u64) {
+    PARALLEL_MIN_WORK.store(n, Ordering::Relaxed);
+}
+
+/// Runs kernel `k` (machine code `f`, or its contraction) over `bufs`, one per parameter.
+///
+/// # Soundness
+///
+/// The JIT-compiled function accesses, for each parameter `j`, only elements `0..len_j` of
+/// the buffer at `bufs[j].ptr` (proven per access by [`crate::kernel::verify`], or clamped for
+/// guarded loads), and writes only to parameters declared `Write`/`ReadWrite`. This function
+/// checks, before any call, that:
+/// - there is one buffer per parameter, each holding at least `len_j` elements of its dtype
+///   and aligned for it;
+/// - every written buffer overlaps no other buffer of the call (so a `&mut` slice made for a
+///   contraction's output aliases nothing, and kernels never write memory they read through
+///   another parameter).
+///
+/// The caller (the program runner) owns or borrows every buffer for the duration of the call.
+/// When the parallel outer loop is split across threads, each thread gets a disjoint
+/// sub-range of `0..extent`; the scheduler marks a loop parallel only when distinct
+/// iterations write distinct elements and read none another writes, so the threads do not
+/// race.
+pub fn run_kernel(
+    k: &Kernel,
+    f: Option<KernelFn>,
+    prep: &Prepared,
+    bufs: &[RawBuf],
+) -> Result<(), String> {
+    if bufs.len() != k.params.len() {
+        return Err(format!(
+            "kernel {}: {} buffers for {} parameters",
+            k.name,
+            bufs.len(),
+            k.params.len()
+        ));
+    }
+    for (j, (p, b)) in k.params.iter().zip(bufs).enumerate() {
+        let size = p.dtype.size_of();
+        let need = (p.len as usize)
+            .checked_mul(size)
+            .ok_or("buffer size overflows")?;
+        if b.bytes < need || (b.ptr as usize) % size != 0 {
+            return Err(format!(
+                "kernel {}: buffer b{j} has {} bytes at {:p}, needs {need} aligned to {size}",
+                k.name, b.bytes, b.ptr
+            ));
+        }
+    }
+    for (j, (p, b)) in k.params.iter().zip(bufs).enumerate() {
+        if p.access == Access::Read || b.bytes == 0 {
+            continue;
+        }
+        let (lo, hi) = (b.ptr as usize, b.ptr as usize + b.bytes);
+        for (i, o) in bufs.iter().enumerate() {
+            let (olo, ohi) = (o.ptr as usize, o.ptr as usize + o.bytes);
+            if i != j && o.bytes != 0 && olo < hi && lo < ohi {
+                return Err(format!(
+                    "kernel {}: written buffer b{j} overlaps b{i}",
+                    k.name
+                ));
+            }
+        }
+    }
+    match &k.body {
+        Body::Call(c) => {
+            let len = |b: crate::kernel::Buf| k.params[b.0 as usize].len as usize;
+            let raw = |b: crate::kernel::Buf| bufs[b.0 as usize].ptr;
+            let (a, b, o) = (c.inputs[0], c.inputs[1], c.output);
+            let cfg = contract::Config::default();
+            let r = match c.dtype {
+                DType::F32 => {
+                    // SAFETY: checked above: each pointer is aligned and valid for `len`
+                    // elements of this dtype, initialised (bindings, constants, or buffers
+                    // allocated zeroed); the output overlaps neither input.
+                    let (a, b, o) = unsafe {
+                        (
+                            std::slice::from_raw_parts(raw(a) as *const f32, len(a)),
+                            std::slice::from_raw_parts(raw(b) as *const f32, len(b)),
+                            std::slice::from_raw_parts_mut(raw(o) as *mut f32, len(o)),
+                        )
+                    };
+                    contract_call(prep, a, b, o, &cfg)
+                }
+                DType::F64 => {
+                    // SAFETY: as above.
+                    let (a, b, o) = unsafe {
+                        (
+                            std::slice::from_raw_parts(raw(a) as *const f64, len(a)),
+                            std::slice::from_raw_parts(raw(b) as *const f64, len(b)),
+                            std::slice::from_raw_parts_mut(raw(o) as *mut f64, len(o)),
+                        )
+                    };
+                    contract_call(prep, a, b, o, &cfg)
+                }
+                d => return Err(format!("kernel {}: contraction on {d}", k.name)),
+            };
+            r.map_err(|e| format!("kernel {}: {e}", k.name))
+        }
+        Body::Loops(_) => {
+            let f = f.ok_or_else(|| format!("kernel {} was not compiled", k.name))?;
+            // SAFETY: `f` was produced by `cpu::compile` for exactly this kernel, with the
+            // signature `extern "C" fn(*const *mut u8, i64, i64)`; its code lives as long as
+            // the program that holds both.
+            let func: extern "C" fn(*const *mut u8, i64, i64) =
+                unsafe { std::mem::transmute::<*const u8, _>(f.0) };
+            let ptrs: Vec<*mut u8> = bufs.iter().map(|b| b.ptr).collect();
+            let threads = rayon::current_num_threads();
+            match k.parallel_loop() {
+                Some(l)
+                    if threads > 1
+                        && l.extent >= 2
+                        && k.work() >= PARALLEL_MIN_WORK.load(Ordering::Relaxed) =>
+                {
+                    struct Shared(*const *mut u8);
+                    // SAFETY: the pointer array outlives the scope below and is only read;
+                    // the buffers it points to are accessed by disjoint iterations (above).
+                    unsafe impl Sync for Shared {}
+                    let shared = Shared(ptrs.as_ptr());
+                    let chunks = (threads as u64).min(l.extent);
+                    let shared = &shared;
+                    rayon::scope(|s| {
+                        for c in 0..chunks {
+                            let lo = (l.extent * c / chunks) as i64;
+                            let hi = (l.extent * (c + 1) / chunks) as i64;
+                            s.spawn(move |_| func(shared.0, lo, hi));
+                        }
+                    });
+                }
+                Some(l) => func(ptrs.as_ptr(), 0, l.extent as i64),
+                None => func(ptrs.as_ptr(), 0, 0),
+            }
+            Ok(())
+        }
+    }
+}
+
+fn contract_call<T: contract::Float>(
+    prep: &Prepared,
+    a: &[T],
+    b: &[T],
+    o: &mut [T],
+    cfg: &contract::Config,
+) -> Result<(), String> {
+    let epi = Epilogue::none();
+    let r = match prep {
+        Prepared::MatMul(s) => contract::matmul(s, a, b, o, &epi, cfg),
+        Prepared::Conv(g) => contract::conv(g, a, b, o, &epi, cfg),
+        Prepared::ConvTranspose(g) => contract::conv_transpose(g, a, b, o, &epi, cfg),
+        Prepared::ConvWeight(g) => contract::conv_weight(g, a, b, o, &epi, cfg),
+        Prepared::None => return Err("no contraction prepared".into()),
+    };
+    r.map_err(|e| e.to_string())
+}

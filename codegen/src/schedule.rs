@@ -1,0 +1,242 @@
+//! Scheduling: which nodes get a buffer and a kernel, and which are computed inside the
+//! kernels that use them.
+//!
+//! The rules, applied to the needed nodes in operand-first order:
+//! - a bound node is read from the caller's value; an unbound `input`/`param` is an error;
+//! - reductions and contractions always get a kernel and a buffer (a reduction's consumers
+//!   iterate over a different index space; a contraction is a library call);
+//! - an operand of a contraction gets a buffer (the routines take contiguous row-major
+//!   arrays), and so does every wanted node;
+//! - every other node (elementwise ops, `full`, movement ops: reshape, permute, expand,
+//!   slice, pad, concat) is *inlined*: its consumers compute it from its operands, movement
+//!   ops becoming index arithmetic. Exceptions keep recomputation bounded: a node that costs
+//!   arithmetic and is broadcast by an `expand` (it would be recomputed per broadcast copy),
+//!   a node of more than trivial cost that would be inlined into several kernels (uses within
+//!   one kernel are computed once), and a node whose inlined expression grows too large get a
+//!   buffer of their own;
+//! - a `reshape` or `detach` that needs a buffer while its operand has one shares it (same
+//!   row-major data): an alias, no kernel.
+//!
+//! Reductions consume their inlined elementwise producers (`sum(exp(x - m))` is one kernel);
+//! contraction epilogues are not fused yet (see [`crate::kernel::Call`]).
+
+use crate::canon::Canon;
+use kiln_ir::{BinaryOp, Graph, IrError, Op, Result, UnaryOp};
+
+/// Where a needed node's value lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// Bound by the caller at run time.
+    Bound,
+    /// Constant data of the program.
+    Const,
+    /// Computed by a kernel into a buffer of its own.
+    Kernel,
+    /// Shares the buffer of the node with this canonical number (a reshape or detach of it).
+    Alias(usize),
+    /// Computed inside the kernels that use it.
+    Inline,
+}
+
+/// The placement of every needed node and the kernels in execution order.
+#[derive(Clone, Debug)]
+pub struct Schedule {
+    pub place: Vec<Placement>,
+    /// Canonical numbers of the nodes computed by kernels, in execution order.
+    pub kernels: Vec<usize>,
+}
+
+impl Schedule {
+    /// The node whose buffer holds node `i`'s value, if it has one.
+    pub fn owner(&self, i: usize) -> Option<usize> {
+        match self.place[i] {
+            Placement::Bound | Placement::Const | Placement::Kernel => Some(i),
+            Placement::Alias(o) => Some(o),
+            Placement::Inline => None,
+        }
+    }
+}
+
+/// Above this inlined cost a node used more than once gets its own buffer.
+const SHARED_COST: u32 = 3;
+/// Above this inlined cost any node gets its own buffer (bounds kernel size).
+const MAX_INLINE_COST: u32 = 48;
+/// Above this many inlined nodes any node gets its own buffer.
+const MAX_INLINE_NODES: usize = 64;
+
+/// Relative cost of computing a node once, given its operands.
+fn op_cost(op: &Op) -> u32 {
+    match op {
+        Op::Input { .. } | Op::Param { .. } | Op::Const(_) | Op::Full { .. } => 0,
+        Op::Detach | Op::Reshape(_) | Op::Permute(_) | Op::Expand(_) | Op::Slice(_) => 0,
+        Op::Pad { .. } | Op::Concat(_) => 1,
+        Op::Unary(u) => match u {
+            UnaryOp::Neg | UnaryOp::Abs => 1,
+            UnaryOp::Sqrt | UnaryOp::Recip => 2,
+            UnaryOp::Exp | UnaryOp::Log | UnaryOp::Tanh | UnaryOp::Sigmoid => 8,
+        },
+        Op::Binary(b) => match b {
+            BinaryOp::Div => 2,
+            BinaryOp::Pow => 16,
+            _ => 1,
+        },
+        Op::Compare(_) | Op::Where | Op::Cast(_) => 1,
+        Op::Reduce { .. } | Op::MatMul | Op::Conv(_) | Op::ConvTranspose(_) => 0,
+        Op::ConvWeight { .. } => 0,
+    }
+}
+
+fn is_contraction(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::MatMul | Op::Conv(_) | Op::ConvTranspose(_) | Op::ConvWeight { .. }
+    )
+}
+
+/// `input `x` (%3)` or `param `w` (%1)`, numbered as the text form prints the graph.
+fn describe(graph: &Graph, id: kiln_ir::NodeId) -> String {
+    let num = graph.context(id).node;
+    match &graph.node(id).op {
+        Op::Input { name, .. } => format!("input `{name}` (%{num})"),
+        Op::Param { name, .. } => format!("param `{name}` (%{num})"),
+        op => format!("%{num} ({})", op.name()),
+    }
+}
+
+/// Places every needed node of `canon`.
+pub fn schedule(graph: &Graph, canon: &Canon) -> Result<Schedule> {
+    let n = canon.order.len();
+    // Users among the needed, computed nodes (one entry per operand slot).
+    let mut users: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for (j, &id) in canon.order.iter().enumerate() {
+        if canon.bound[j] {
+            continue;
+        }
+        for o in graph.operands(id) {
+            users[canon.number[&o]].push(j);
+        }
+    }
+    let mut wanted = vec![false; n];
+    for &w in &canon.wanted {
+        wanted[w] = true;
+    }
+    let mut place = vec![Placement::Inline; n];
+    // The distinct nodes an inlined node's expression computes (itself and its inlined
+    // producers), and their total cost: a DAG, so a node used twice in one expression is
+    // counted once (the kernel computes it once).
+    let mut inlined: Vec<Vec<usize>> = vec![Vec::new(); n];
+    let mut cost = vec![0u32; n];
+    let mut kernels = Vec::new();
+    for (i, &id) in canon.order.iter().enumerate() {
+        let node = graph.node(id);
+        if canon.bound[i] {
+            place[i] = Placement::Bound;
+            continue;
+        }
+        let used_by_contraction = users[i]
+            .iter()
+            .any(|&u| is_contraction(&graph.node(canon.order[u]).op));
+        match &node.op {
+            Op::Input { .. } | Op::Param { .. } => {
+                return Err(IrError::Eval(format!(
+                    "{} of type {} is not bound",
+                    describe(graph, id),
+                    node.ty
+                )));
+            }
+            Op::Const(lit) => {
+                place[i] = if lit.numel() <= 1 && !wanted[i] && !used_by_contraction {
+                    Placement::Inline
+                } else {
+                    Placement::Const
+                };
+                continue;
+            }
+            op if matches!(op, Op::Reduce { .. }) || is_contraction(op) => {
+                place[i] = Placement::Kernel;
+                kernels.push(i);
+                continue;
+            }
+            _ => {}
+        }
+        let operands: Vec<usize> = graph.operands(id).iter().map(|o| canon.number[o]).collect();
+        let mut set = vec![i];
+        for &o in &operands {
+            if place[o] == Placement::Inline {
+                set.extend_from_slice(&inlined[o]);
+            }
+        }
+        set.sort_unstable();
+        set.dedup();
+        let c: u32 = set
+            .iter()
+            .map(|&j| op_cost(&graph.node(canon.order[j]).op))
+            .sum();
+        let numel = node.ty.numel();
+        let broadcast = users[i].iter().any(|&u| {
+            let un = graph.node(canon.order[u]);
+            matches!(un.op, Op::Expand(_)) && un.ty.numel() > numel
+        });
+        let materialise = wanted[i]
+            || used_by_contraction
+            || (c > 0 && broadcast)
+            || c > MAX_INLINE_COST
+            || set.len() > MAX_INLINE_NODES;
+        cost[i] = c;
+        if !materialise {
+            place[i] = Placement::Inline;
+            inlined[i] = set;
+            continue;
+        }
+        let alias = match node.op {
+            Op::Reshape(_) | Op::Detach => operands
+                .first()
+                .and_then(|&o| Schedule::owner_of(&place, o)),
+            _ => None,
+        };
+        place[i] = match alias {
+            Some(o) => Placement::Alias(o),
+            None => {
+                kernels.push(i);
+                Placement::Kernel
+            }
+        };
+    }
+    // A node inlined into several kernels is computed by each: above a small cost, give it a
+    // buffer instead. Users come after their operands in the order, so walking it backwards
+    // knows every user's kernels before deciding on a node.
+    let mut roots: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for i in (0..n).rev() {
+        match place[i] {
+            Placement::Kernel => roots[i] = vec![i],
+            Placement::Inline => {
+                let mut r: Vec<usize> = users[i]
+                    .iter()
+                    .flat_map(|&u| roots[u].iter().copied())
+                    .collect();
+                r.sort_unstable();
+                r.dedup();
+                if r.len() > 1 && cost[i] > SHARED_COST {
+                    place[i] = Placement::Kernel;
+                    kernels.push(i);
+                    roots[i] = vec![i];
+                } else {
+                    roots[i] = r;
+                }
+            }
+            _ => {}
+        }
+    }
+    kernels.sort_unstable();
+    Ok(Schedule { place, kernels })
+}
+
+impl Schedule {
+    fn owner_of(place: &[Placement], i: usize) -> Option<usize> {
+        match place[i] {
+            Placement::Bound | Placement::Const | Placement::Kernel => Some(i),
+            Placement::Alias(o) => Some(o),
+            Placement::Inline => None,
+        }
+    }
+}
