@@ -80,6 +80,8 @@ enum Source {
 /// A traced step, replayed by [`CompiledStep::run`].
 pub struct CompiledStep {
     graph: Graph,
+    /// The compiled program (JIT backend), made once at `compile`.
+    program: Option<kiln_codegen::Program>,
     /// Graph node of each step input, `None` when the step does not use it.
     inputs: Vec<(Option<NodeId>, TensorType)>,
     sources: Vec<(NodeId, Source)>,
@@ -155,8 +157,20 @@ pub fn compile(
         out_nodes.len(),
         assigns.len()
     );
+    let mut wanted = out_nodes.clone();
+    wanted.extend(assigns.iter().map(|(_, n)| *n));
+    let program = match kiln_codegen::Backend::from_env() {
+        kiln_codegen::Backend::Jit => {
+            let mut bound: Vec<NodeId> = lw.placeholders.iter().map(|(n, _)| *n).collect();
+            bound.extend(lw.sources.iter().map(|(n, _)| *n));
+            bound.sort();
+            Some(kiln_codegen::Program::compile(&lw.graph, &wanted, &bound)?)
+        }
+        kiln_codegen::Backend::Interpreter => None,
+    };
     Ok(CompiledStep {
         graph: lw.graph,
+        program,
         inputs,
         sources,
         outputs: out_nodes,
@@ -209,7 +223,10 @@ impl CompiledStep {
             values.iter().map(|(n, v)| (*n, v.as_ref())).collect();
         let mut wanted = self.outputs.clone();
         wanted.extend(self.assigns.iter().map(|(_, n)| *n));
-        let mut results = run_graph(&self.graph, &bindings, &wanted)?;
+        let mut results = match &self.program {
+            Some(p) => p.run(&bindings)?,
+            None => run_graph(&self.graph, &bindings, &wanted)?,
+        };
         drop(bindings);
         drop(values);
         let assigned = results.split_off(self.outputs.len());

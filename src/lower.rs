@@ -263,7 +263,8 @@ pub fn execute(lw: &Lowered, wanted: &[NodeId]) -> Result<Vec<Literal>> {
     run_graph(&lw.graph, &bindings, wanted)
 }
 
-/// Runs a graph on the selected backend.
+/// Runs a graph on the backend `KILN_BACKEND` selects (the JIT by default; `interp` for the
+/// reference interpreter). The JIT caches compiled programs by the graph structure.
 pub(crate) fn run_graph(
     graph: &Graph,
     bindings: &HashMap<NodeId, &Literal>,
@@ -274,7 +275,7 @@ pub(crate) fn run_graph(
         graph.len(),
         bindings.len()
     );
-    Ok(kiln_ir::interp::eval(graph, bindings, wanted)?)
+    Ok(kiln_codegen::execute(graph, bindings, wanted)?)
 }
 
 /// Computes and stores the values of `targets`.
