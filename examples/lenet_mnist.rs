@@ -50,14 +50,18 @@ struct Args {
     weight_decay: f64,
     adam: bool,
     seed: u64,
+    /// Run the plain PyTorch-style loop instead of the compiled step.
+    eager: bool,
 }
 
 const USAGE: &str = "\
 usage: lenet_mnist [--out DIR] [--epochs N] [--batch-size N] [--lr X] [--momentum X]
-                   [--weight-decay X] [--optimizer sgd|adam] [--seed N]
+                   [--weight-decay X] [--optimizer sgd|adam] [--seed N] [--eager]
 defaults: --out runs/lenet_mnist --epochs 12 --batch-size 32 --lr 0.02 --momentum 0.9
           --weight-decay 5e-4 --optimizer sgd --seed 0
-The learning rate decays to 0 over the epochs (cosine).";
+The learning rate decays to 0 over the epochs (cosine). The training step (forward, backward,
+SGD update) is traced once and replayed as one compiled program; --eager runs the plain
+zero_grad/backward/step loop instead.";
 
 fn parse_args() -> Res<Args> {
     let mut a = Args {
@@ -69,12 +73,17 @@ fn parse_args() -> Res<Args> {
         weight_decay: 5e-4,
         adam: false,
         seed: 0,
+        eager: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         if flag == "-h" || flag == "--help" {
             println!("{USAGE}");
             std::process::exit(0);
+        }
+        if flag == "--eager" {
+            a.eager = true;
+            continue;
         }
         let value = it
             .next()
@@ -250,6 +259,7 @@ fn run() -> Res<f64> {
         args.seed
     );
 
+    let mut step: Option<kiln::compile::CompiledStep> = None;
     let mut hist = History::default();
     let steps = train_loader.len();
     let (mut train_time, mut train_images) = (0.0, 0usize);
@@ -271,10 +281,37 @@ fn run() -> Res<f64> {
         let (mut loss_sum, mut images) = (0.0, 0usize);
         for (k, batch) in train_loader.iter().enumerate() {
             let (x, y) = batch?;
-            opt.zero_grad();
-            let loss = F::cross_entropy(&net.forward(&x), &y, None, -100, Reduction::Mean);
-            loss.try_backward(None)?;
-            opt.step()?;
+            let loss = if args.eager {
+                opt.zero_grad();
+                let loss = F::cross_entropy(&net.forward(&x), &y, None, -100, Reduction::Mean);
+                loss.try_backward(None)?;
+                opt.step()?;
+                loss
+            } else {
+                if step.is_none() {
+                    // Traced once: forward, backward and the SGD update become one program;
+                    // every batch after that replays it, updating weights and momentum in
+                    // place. The learning rate is a tensor the scheduler updates, so the
+                    // program sees the cosine decay without being traced again.
+                    step = Some(kiln::compile::compile(&[&x, &y], |b| {
+                        opt.zero_grad();
+                        let loss = F::cross_entropy(
+                            &net.forward(&b[0]),
+                            &b[1],
+                            None,
+                            -100,
+                            Reduction::Mean,
+                        );
+                        loss.try_backward(None)?;
+                        opt.step()?;
+                        Ok(vec![loss])
+                    })?);
+                }
+                step.as_ref()
+                    .expect("compiled above")
+                    .run(&[&x, &y])?
+                    .remove(0)
+            };
             let l = loss.try_item()?;
             if !l.is_finite() {
                 return Err(
