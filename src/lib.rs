@@ -20,6 +20,7 @@
 pub mod autograd;
 mod bridge;
 pub mod checkpoint;
+pub mod cli;
 pub mod compile;
 pub mod data;
 mod device;
@@ -27,7 +28,9 @@ mod display;
 pub mod error;
 pub mod functional;
 mod inplace;
+pub mod lesions;
 pub mod lower;
+pub mod nifti;
 pub mod nn;
 mod ops;
 pub mod optim;

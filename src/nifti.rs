@@ -1,0 +1,1 @@
+//! NIfTI-1 and NIfTI-2 volumes (being built).
