@@ -723,7 +723,10 @@ fn invalid_hyper_parameters_are_errors_not_panics() {
         );
     }
     // Errors name the caller's line and PyTorch's message.
-    let err = Sgd::new(vec![p.clone()], -0.1).step().unwrap_err().to_string();
+    let err = Sgd::new(vec![p.clone()], -0.1)
+        .step()
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("Invalid learning rate: -0.1"), "{err}");
     assert!(err.contains("tests/optim.rs"), "{err}");
     // A gradient of the wrong shape.
