@@ -13,7 +13,7 @@ fn main() {
         .map(|a| a.parse().unwrap())
         .collect();
     let batch = args.first().copied().unwrap_or(64);
-    let iters = args.get(1).copied().unwrap_or(20);
+    let iters = args.get(1).copied().unwrap_or(50);
     let m = models::lenet_step(batch).unwrap();
     let values = m.random_inputs(1, 0.5);
     let binds: HashMap<NodeId, &Literal> = m.inputs.iter().copied().zip(values.iter()).collect();
@@ -45,14 +45,23 @@ fn main() {
         }
     }
     println!("max error relative to max |ref| per result: {worst:.2e}");
-    let t = Instant::now();
-    for _ in 0..iters {
-        p.run(&binds).unwrap();
-    }
-    let jit = t.elapsed().as_secs_f64() / iters as f64;
+    // The machine is shared and noisy: time each step, report the median and quartiles.
+    let mut times: Vec<f64> = (0..iters.max(1))
+        .map(|_| {
+            let t = Instant::now();
+            p.run(&binds).unwrap();
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    let q = |f: f64| times[((times.len() - 1) as f64 * f).round() as usize];
+    let jit = q(0.5);
     println!(
-        "jit:         {:8.2} ms / step  ({:.1}x the interpreter)",
+        "jit:         {:8.2} ms / step median [{:.2}-{:.2}] x{}  ({:.1}x the interpreter)",
         jit * 1e3,
+        q(0.25) * 1e3,
+        q(0.75) * 1e3,
+        times.len(),
         interp / jit
     );
 }

@@ -6,7 +6,11 @@
 //! `dir/prog-<key hash>.<what>.txt`; otherwise it is logged (`log::info!`, target
 //! `kiln::dump`) when a logger is installed, else written to stderr.
 //! `KILN_PROFILE=1` logs (target `kiln::profile`) a table of the time spent in each kernel
-//! after every run.
+//! after every run, and, once per compiled program, the graph passes' table (rewrites, node
+//! counts and time per pass). `KILN_DUMP=ir` also writes the IR after every graph pass that
+//! changed it (`prog-<hash>.ir.<k>-<round>-<pass>.txt`; `ir.00-input` is the needed part of the
+//! graph before the passes, `ir` the graph compiled).
+//! `KILN_PASSES=0` compiles graphs without the graph passes (for comparisons).
 
 use std::io::Write;
 
@@ -57,6 +61,11 @@ impl DumpFlags {
 /// Whether `KILN_PROFILE` asks for timings.
 pub fn profile_enabled() -> bool {
     std::env::var("KILN_PROFILE").is_ok_and(|v| !v.is_empty() && v != "0")
+}
+
+/// Whether the graph passes run before scheduling (`KILN_PASSES=0` turns them off).
+pub fn passes_enabled() -> bool {
+    std::env::var("KILN_PASSES").map_or(true, |v| v != "0")
 }
 
 /// Writes a report to the log under `target`, or to stderr when no logger listens.

@@ -8,7 +8,8 @@
 //! 3. [`lower`]: each kernel as [`kernel`] IR (loop nests, 64-bit index arithmetic, loads
 //!    and stores, accumulators, contraction calls), vectorised and verified;
 //! 4. [`memory`]: buffers planned by liveness;
-//! 5. [`cpu`]: Cranelift JIT of the loop nests, GEMM-backed [`contract`]ions, the runtime.
+//! 5. [`cpu`]: Cranelift JIT of the loop nests, GEMM-backed [`contract`]ions, the runtime;
+//!    [`cuda`]: the same kernels printed as PTX (the runtime on `cust` under feature `cuda`).
 //!
 //! [`execute`] is the entry point of the front end (same contract as
 //! [`kiln_ir::interp::eval`]); [`Program`] compiles once and runs many times.
@@ -17,6 +18,7 @@ pub mod cache;
 pub mod canon;
 pub mod contract;
 pub mod cpu;
+pub mod cuda;
 pub mod dump;
 pub mod kernel;
 pub mod lower;

@@ -7,6 +7,12 @@
 //! node with a buffer becomes a load. Values are memoised on (node, index, guard), so a node
 //! used twice at the same index inside one kernel is computed once.
 //!
+//! An elementwise kernel whose indices divide a loop variable by a small constant (the
+//! gradient of a strided slice, `pad(slice(reshape(pad(reshape(g)))))`, summed over a
+//! pooling window) is lowered a second time with that loop split into residue classes of the
+//! divisor, and the cheaper of the two is kept: in each class the divisions are constants, so
+//! each output element reads the one term that reaches it, without guards.
+//!
 //! Reductions use one of two loop orders, chosen so that the innermost loop is contiguous:
 //! - *accumulator*: when the last (non-unit) axis is reduced, loops over the kept axes
 //!   enclose an accumulator and loops over the reduced axes (`sum` over a row);
@@ -54,6 +60,10 @@ struct Lower<'a> {
     body: Vec<Stmt>,
     memo: HashMap<(usize, Form, Option<Val>), Val>,
     fused: Vec<usize>,
+    /// Constants made in the current scope, by type and bits.
+    consts: HashMap<(u8, u64), Val>,
+    /// The loop variable of each axis of an elementwise kernel's nest (unsplit axes only).
+    loop_axes: Vec<(usize, Var)>,
 }
 
 fn internal(msg: String) -> IrError {
@@ -68,7 +78,7 @@ pub fn lower(
     root: usize,
     labels: &[usize],
 ) -> Result<Lowered> {
-    let mut l = Lower {
+    let new = || Lower {
         graph,
         canon,
         sched,
@@ -84,7 +94,10 @@ pub fn lower(
         body: Vec::new(),
         memo: HashMap::new(),
         fused: vec![root],
+        consts: HashMap::new(),
+        loop_axes: Vec::new(),
     };
+    let mut l = new();
     let node = graph.node(canon.order[root]);
     let opname = node.op.name();
     let body = match &node.op {
@@ -92,7 +105,24 @@ pub fn lower(
         Op::MatMul | Op::Conv(_) | Op::ConvTranspose(_) | Op::ConvWeight { .. } => {
             Body::Call(l.contraction()?)
         }
-        _ => l.elementwise()?,
+        _ => {
+            let plain = l.elementwise(&[])?;
+            let split = l.residue_splits(&plain);
+            if split.iter().any(|&d| d > 1) {
+                let mut s = new();
+                let body = s.elementwise(&split)?;
+                // Splitting copies the body: take it only when that removes a good part of
+                // the work (the strided-slice gradient pattern removes most of it).
+                if body_cost(&body, &s.defs) < 0.75 * body_cost(&plain, &l.defs) {
+                    l = s;
+                    body
+                } else {
+                    plain
+                }
+            } else {
+                plain
+            }
+        }
     };
     let kernel = Kernel {
         name: format!(
@@ -158,6 +188,29 @@ impl Lower<'_> {
         if extent <= 1 {
             return Ix::constant(0);
         }
+        // `e = g*w + cm` with `g` the common factor of its coefficients and `0 <= cm < g`:
+        // name `w` rather than `e`, so that divisions and remainders of `e` by `g` (a
+        // strided slice's gradient seen through a reshape) simplify. Under the guard
+        // `0 <= e < extent` exactly when `0 <= w < ceil((extent - cm) / g)`.
+        let g = e.terms.iter().fold(0i64, |g, (_, k)| gcd(g, *k));
+        let cm = if g > 1 { e.c.rem_euclid(g) } else { 0 };
+        if g > 1 && (cm as usize) < extent {
+            let w_def = Ix {
+                terms: e.terms.iter().map(|(a, k)| (a.clone(), k / g)).collect(),
+                c: e.c.div_euclid(g),
+            };
+            let w_ext = (extent - cm as usize).div_ceil(g as usize);
+            let w = self.derived_var(w_def, w_ext);
+            return w.scale(g).add_const(cm);
+        }
+        self.derived_var(e, extent)
+    }
+
+    /// A derived variable defined as `e`, assumed in `0..extent` (0 if `extent` is 1).
+    fn derived_var(&mut self, e: Ix, extent: usize) -> Ix {
+        if extent <= 1 {
+            return Ix::constant(0);
+        }
         if let Some(&v) = self.derived.get(&(e.clone(), extent)) {
             return Ix::var(v);
         }
@@ -175,8 +228,36 @@ impl Lower<'_> {
         v
     }
 
+    /// A constant, made once per scope (see [`Lower::reset_scope`]).
     fn constant(&mut self, s: Scalar) -> Val {
-        self.emit(s.dtype(), KOp::Const(s))
+        let key = match s {
+            Scalar::F32(x) => (0u8, u64::from(x.to_bits())),
+            Scalar::F64(x) => (1, x.to_bits()),
+            Scalar::I64(x) => (2, x as u64),
+            Scalar::Bool(x) => (3, u64::from(x)),
+        };
+        if let Some(&v) = self.consts.get(&key) {
+            return v;
+        }
+        let v = self.emit(s.dtype(), KOp::Const(s));
+        self.consts.insert(key, v);
+        v
+    }
+
+    /// `c ? a : b`, or `a` when both sides are the same value (a pad around a value that is
+    /// already the padding constant, as in the residue copies of a strided-slice gradient).
+    fn select(&mut self, dtype: DType, c: Val, a: Val, b: Val) -> Val {
+        if a == b {
+            return a;
+        }
+        self.emit(dtype, KOp::Select(c, a, b))
+    }
+
+    /// Forgets memoised values and constants: the statements emitted next go to a new scope
+    /// (another loop nest), where the values of the previous one are not defined.
+    fn reset_scope(&mut self) {
+        self.memo.clear();
+        self.consts.clear();
     }
 
     /// The parameter for the buffer of node `owner`, created on first use.
@@ -241,22 +322,6 @@ impl Lower<'_> {
                     .collect()
             }
         }
-    }
-
-    /// Loop variables over `shape` (none for unit axes): the index per axis.
-    fn loops_over(&mut self, shape: &[usize]) -> (Vec<Ix>, Vec<Var>) {
-        let mut idx = Vec::new();
-        let mut vars = Vec::new();
-        for &d in shape {
-            if d == 1 {
-                idx.push(Ix::constant(0));
-            } else {
-                let v = self.new_var(d);
-                idx.push(Ix::var(v));
-                vars.push(v);
-            }
-        }
-        (idx, vars)
     }
 
     /// Wraps `body` in loops over `vars`, outermost first.
@@ -342,7 +407,7 @@ impl Lower<'_> {
                 let c = self.eval(ops[0], form.clone(), guard)?;
                 let x = self.eval(ops[1], form.clone(), guard)?;
                 let y = self.eval(ops[2], form, guard)?;
-                self.emit(ty.dtype, KOp::Select(c, x, y))
+                self.select(ty.dtype, c, x, y)
             }
             Op::Cast(d) => {
                 let x = self.eval(ops[0], form, guard)?;
@@ -425,7 +490,7 @@ impl Lower<'_> {
                 let g = self.and(guard, cond);
                 let v = self.eval(ops[0], Form::Multi(src), Some(g))?;
                 let p = self.constant(pad);
-                self.emit(ty.dtype, KOp::Select(cond, v, p))
+                self.select(ty.dtype, cond, v, p)
             }
             Op::Concat(axis) => {
                 let m = self.to_multi(&form, shape);
@@ -472,7 +537,7 @@ impl Lower<'_> {
                     )));
                 };
                 for &(c, v) in chosen.iter().rev().skip(1) {
-                    acc = self.emit(ty.dtype, KOp::Select(c, v, acc));
+                    acc = self.select(ty.dtype, c, v, acc);
                 }
                 acc
             }
@@ -492,21 +557,113 @@ impl Lower<'_> {
     }
 
     /// `out[idx] = root(idx)` over the root's shape.
-    fn elementwise(&mut self) -> Result<Body> {
+    ///
+    /// `split[k] = d > 1` runs axis `k` as `d` loops, one per residue `r` of the index
+    /// modulo `d` (`i = d*q + r`, `q` over `0..ceil((extent - r) / d)`), each with its own
+    /// copy of the body: divisions and remainders by `d` of the index become constants, so
+    /// the guards of a strided slice's gradient are decided at compile time (with step 2,
+    /// three of the four terms of a max-pool gradient vanish from each copy).
+    fn elementwise(&mut self, split: &[usize]) -> Result<Body> {
         let shape = self.ty(self.root).shape.clone();
         let out = self.buf(self.root, Access::Write);
-        let (idx, vars) = self.loops_over(&shape);
-        let v = self.eval(self.root, Form::Multi(idx.clone()), None)?;
-        let index = self.to_flat(&Form::Multi(idx), &shape);
-        self.body.push(Stmt::Store {
-            buf: out,
-            index,
-            value: v,
-        });
-        let body = std::mem::take(&mut self.body);
-        Ok(Body::Loops(Self::parallel(self.wrap(&vars, body))))
+        let body = self.nest(&shape, split, out, Vec::new())?;
+        Ok(Body::Loops(Self::parallel(body)))
     }
 
+    /// The loops over axes `idx.len()..` of `shape` and the body storing the root.
+    fn nest(
+        &mut self,
+        shape: &[usize],
+        split: &[usize],
+        out: Buf,
+        idx: Vec<Ix>,
+    ) -> Result<Vec<Stmt>> {
+        let k = idx.len();
+        if k == shape.len() {
+            // Each copy of the body computes its values afresh: memoised values of another
+            // copy are out of scope here.
+            self.reset_scope();
+            let v = self.eval(self.root, Form::Multi(idx.clone()), None)?;
+            let index = self.to_flat(&Form::Multi(idx), shape);
+            self.body.push(Stmt::Store {
+                buf: out,
+                index,
+                value: v,
+            });
+            return Ok(std::mem::take(&mut self.body));
+        }
+        let e = shape[k];
+        let d = split.get(k).copied().unwrap_or(1).max(1);
+        if e == 1 {
+            let mut idx = idx;
+            idx.push(Ix::constant(0));
+            return self.nest(shape, split, out, idx);
+        }
+        if d == 1 {
+            let v = self.new_var(e);
+            self.loop_axes.push((k, v));
+            let mut idx = idx;
+            idx.push(Ix::var(v));
+            let body = self.nest(shape, split, out, idx)?;
+            return Ok(self.wrap(&[v], body));
+        }
+        let mut stmts = Vec::new();
+        for r in 0..d.min(e) {
+            let n = (e - r).div_ceil(d);
+            let mut sub = idx.clone();
+            if n == 1 {
+                sub.push(Ix::constant(r as i64));
+                stmts.extend(self.nest(shape, split, out, sub)?);
+            } else {
+                let q = self.new_var(n);
+                sub.push(Ix::var(q).scale(d as i64).add_const(r as i64));
+                let body = self.nest(shape, split, out, sub)?;
+                stmts.extend(self.wrap(&[q], body));
+            }
+        }
+        Ok(stmts)
+    }
+
+    /// For each axis of the elementwise kernel `body` (just lowered without splits), the
+    /// modulus by which splitting it into residue classes would make the divisions and
+    /// remainders of its index constant (1: do not split). The outermost non-unit axis stays
+    /// whole, so the kernel keeps its single parallel loop.
+    fn residue_splits(&self, body: &Body) -> Vec<usize> {
+        let rank = self.ty(self.root).shape.len();
+        let mut split = vec![1usize; rank];
+        let Body::Loops(stmts) = body else {
+            return split;
+        };
+        let mut divs = Vec::new();
+        walk_indices(stmts, &mut |ix| collect_divs(ix, &self.defs, &mut divs));
+        let outer = self.loop_axes.first().map(|&(k, _)| k);
+        for &(k, v) in &self.loop_axes {
+            if Some(k) == outer {
+                continue;
+            }
+            let mut want = 1i64;
+            for (x, d) in &divs {
+                if let Some(c) = x.linear_coef(v) {
+                    if c != 0 && c % d != 0 {
+                        let m = d / gcd(c, *d);
+                        want = want / gcd(want, m) * m;
+                    }
+                }
+            }
+            if (2..=4).contains(&want) {
+                split[k] = want as usize;
+            }
+        }
+        // Bound the copies of the body.
+        let mut copies = 1usize;
+        for s in split.iter_mut() {
+            if copies * *s > 16 {
+                *s = 1;
+            }
+            copies *= *s;
+        }
+        split
+    }
     fn reduce(&mut self, op: ReduceOp, axes: &[usize]) -> Result<Body> {
         let src = self.operands(self.root)[0];
         let src_shape = self.ty(src).shape.clone();
@@ -612,7 +769,7 @@ impl Lower<'_> {
         let init_body = std::mem::take(&mut self.body);
         let mut stmts = self.wrap(&ivars, init_body);
         // Accumulate over all of `rest`.
-        self.memo.clear();
+        self.reset_scope();
         let mut acc_idx = idx.clone();
         let mut avars = Vec::new();
         for &k in &rest {
@@ -699,5 +856,93 @@ impl Lower<'_> {
             inputs,
             output,
         })
+    }
+}
+
+fn gcd(a: i64, b: i64) -> i64 {
+    let (mut a, mut b) = (a.unsigned_abs(), b.unsigned_abs());
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a as i64
+}
+
+/// `e` with derived variables replaced by their definitions.
+fn expand(e: &Ix, defs: &[Option<Ix>]) -> Ix {
+    let mut out = Ix::constant(e.c);
+    for (a, k) in &e.terms {
+        let t = match a {
+            Atom::Var(v) => match defs.get(v.0 as usize) {
+                Some(Some(d)) => expand(d, defs),
+                _ => Ix::var(*v),
+            },
+            other => Ix {
+                terms: vec![(other.clone(), 1)],
+                c: 0,
+            },
+        };
+        out = out.add(&t.scale(*k));
+    }
+    out
+}
+
+/// Every division and remainder `(x, d)` in `e`, through derived variables, `x` expanded.
+fn collect_divs(e: &Ix, defs: &[Option<Ix>], out: &mut Vec<(Ix, i64)>) {
+    for (a, _) in &e.terms {
+        match a {
+            Atom::Var(v) => {
+                if let Some(Some(d)) = defs.get(v.0 as usize) {
+                    collect_divs(d, defs, out);
+                }
+            }
+            Atom::Div(x, d) | Atom::Mod(x, d) => {
+                out.push((expand(x, defs), *d));
+                collect_divs(x, defs, out);
+            }
+        }
+    }
+}
+
+/// Calls `f` on every index expression of `stmts`.
+fn walk_indices(stmts: &[Stmt], f: &mut impl FnMut(&Ix)) {
+    for s in stmts {
+        match s {
+            Stmt::Loop(l) => walk_indices(&l.body, f),
+            Stmt::Let(_, KOp::Load { index, .. })
+            | Stmt::Let(_, KOp::InRange { index, .. })
+            | Stmt::Store { index, .. } => f(index),
+            _ => {}
+        }
+    }
+}
+
+/// Divisions and remainders in `e`, through derived variables.
+fn div_count(e: &Ix, defs: &[Option<Ix>]) -> f64 {
+    let mut v = Vec::new();
+    collect_divs(e, defs, &mut v);
+    v.len() as f64
+}
+
+/// A rough per-run cost of a loop nest: statements times iterations, guarded loads and
+/// divisions weighted as the JIT's code for them is longer.
+fn body_cost(body: &Body, defs: &[Option<Ix>]) -> f64 {
+    fn walk(stmts: &[Stmt], defs: &[Option<Ix>]) -> f64 {
+        stmts
+            .iter()
+            .map(|s| match s {
+                Stmt::Loop(l) => l.extent as f64 * walk(&l.body, defs),
+                Stmt::Let(_, KOp::Load { index, guard, .. }) => {
+                    1.0 + if guard.is_some() { 2.0 } else { 0.0 } + 2.0 * div_count(index, defs)
+                }
+                Stmt::Let(_, KOp::InRange { index, .. }) | Stmt::Store { index, .. } => {
+                    1.0 + 2.0 * div_count(index, defs)
+                }
+                _ => 1.0,
+            })
+            .sum()
+    }
+    match body {
+        Body::Loops(stmts) => walk(stmts, defs),
+        Body::Call(_) => 0.0,
     }
 }

@@ -6,7 +6,8 @@
 //! to the last kernel that reads them; a temporary slot freed by an earlier value is reused
 //! when it is at least as large (the smallest such), so peak memory follows the live set
 //! rather than the graph. A kernel's output slot is chosen before its inputs are released, so
-//! a kernel never writes the memory it reads.
+//! a kernel never writes the memory it reads. The temporaries of a run are kept for the
+//! next one ([`TempPool`]).
 
 use crate::canon::Canon;
 use crate::schedule::{Placement, Schedule};
@@ -136,4 +137,55 @@ pub fn plan(
         }
     }
     p
+}
+
+/// Sets of temporaries kept between runs of one program, so that a training step does not
+/// allocate (and page-fault in, on first touch) its temporaries every time.
+///
+/// A run takes a set ([`TempPool::take`]) and hands it back when done ([`TempPool::give`]).
+/// Runs from several threads at once each get a set of their own: when none is free, a
+/// fresh one is allocated, and at most [`TempPool::KEEP`] sets are kept, bounding the memory
+/// a program holds while idle. Kernels never rely on a temporary's initial contents (within
+/// a run the slots are already reused by later values), so a set is handed out as it was
+/// left.
+#[derive(Debug, Default)]
+pub struct TempPool {
+    free: std::sync::Mutex<Vec<Vec<Vec<u64>>>>,
+}
+
+impl TempPool {
+    /// The most sets kept while no run holds them.
+    pub const KEEP: usize = 2;
+
+    /// A set of temporaries of `bytes[k]` bytes each (rounded up to whole 8-byte words).
+    pub fn take(&self, bytes: &[usize]) -> Vec<Vec<u64>> {
+        let fits = |set: &Vec<Vec<u64>>| {
+            set.len() == bytes.len()
+                && set
+                    .iter()
+                    .zip(bytes)
+                    .all(|(t, &b)| t.len() == b.div_ceil(8))
+        };
+        // A poisoned lock only means another run panicked while pushing or popping: the
+        // vector itself is intact.
+        let pooled = match self.free.lock() {
+            Ok(mut free) => free.pop(),
+            Err(poisoned) => poisoned.into_inner().pop(),
+        };
+        match pooled {
+            Some(set) if fits(&set) => set,
+            _ => bytes.iter().map(|&b| vec![0u64; b.div_ceil(8)]).collect(),
+        }
+    }
+
+    /// Returns a set taken with [`TempPool::take`] for later runs.
+    pub fn give(&self, set: Vec<Vec<u64>>) {
+        let mut free = match self.free.lock() {
+            Ok(free) => free,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if free.len() < Self::KEEP {
+            free.push(set);
+        }
+    }
 }

@@ -1,8 +1,11 @@
 //! Compiled programs: compile a graph once, run it many times.
 //!
 //! [`Program::compile`] canonicalises the graph ([`crate::canon`]), and looks the structural
-//! key up in the program cache ([`crate::cache`]); on a miss it schedules, lowers each kernel,
-//! vectorises and verifies it, plans memory and JIT-compiles. [`Program::run`] checks the
+//! key up in the program cache ([`crate::cache`]); on a miss it copies the needed part of the
+//! graph, runs the graph passes on it ([`kiln_ir::passes::optimize`]: constant folding,
+//! simplification, CSE, DCE), then schedules, lowers each kernel, vectorises and verifies it,
+//! plans memory and JIT-compiles. The cache is keyed on the graph *before* the passes, so a
+//! hit skips them too. [`Program::run`] checks the
 //! bindings, allocates the temporaries and results, runs the kernels in order and hands the
 //! results back. A program is immutable after compilation and `Send + Sync`: several threads
 //! may run it at once, each with its own buffers.
@@ -15,8 +18,9 @@ use crate::kernel::{self, Access, Kernel};
 use crate::lower::lower;
 use crate::memory::{plan, MemoryPlan, Storage};
 use crate::schedule::{schedule, Placement};
+use kiln_ir::passes::{PassOptions, PassReport};
 use kiln_ir::shape::numel;
-use kiln_ir::{Data, Graph, IrError, Literal, NodeId, Result, TensorType};
+use kiln_ir::{Data, Graph, IrError, Literal, Node, NodeId, Op, Result, TensorType};
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write;
 use std::sync::Arc;
@@ -43,6 +47,11 @@ pub struct Compiled {
     pub(crate) input_types: Vec<TensorType>,
     pub(crate) consts: Vec<Arc<Literal>>,
     pub(crate) output_types: Vec<TensorType>,
+    /// For each input storage, the canonical number of its bound node in the graph *as given*
+    /// (before the passes): what [`Program::compile`] maps to the caller's node ids.
+    pub(crate) input_canon: Vec<usize>,
+    /// What the graph passes did (`None`: they were not run, `KILN_PASSES=0` or a failure).
+    pub(crate) passes: Option<PassReport>,
     /// For each wanted entry: its type and the node owning its buffer.
     pub(crate) results: Vec<(TensorType, usize)>,
     /// Types of the owners of buffers (for copying results out of temporaries).
@@ -50,6 +59,8 @@ pub struct Compiled {
     pub(crate) id: String,
     pub(crate) schedule_text: String,
     pub(crate) clif: Vec<String>,
+    /// Temporaries kept between runs.
+    pub(crate) pool: crate::memory::TempPool,
     /// Keeps the machine code alive; declared last so it is dropped after `steps`.
     _code: Option<cpu::Code>,
 }
@@ -76,11 +87,149 @@ fn key_id(key: &[u8]) -> String {
     format!("{:08x}", h.finish() as u32)
 }
 
-/// Compiles the canonicalised graph (a cache miss).
+/// The needed part of a graph after the graph passes, ready to compile.
+struct Optimized {
+    graph: Graph,
+    canon: Canon,
+    /// Node of `graph` bound at run time -> its canonical number in the graph as given.
+    back: HashMap<NodeId, usize>,
+    report: PassReport,
+    /// The copy's IR text before the passes (only for `KILN_DUMP=ir`).
+    before: Option<String>,
+}
+
+/// Copies the nodes `canon` needs into a fresh graph (bound nodes become operand-less
+/// `input`s, so no pass can look through them; wanted nodes become outputs, which the passes
+/// follow through rewrites) and optimises it. Gradient tags are dropped: autodiff is done.
+fn optimize_needed(graph: &Graph, canon: &Canon, dump_ir: bool) -> Result<Optimized> {
+    let mut g = Graph::new();
+    let mut map: Vec<NodeId> = Vec::with_capacity(canon.order.len());
+    for (i, &n) in canon.order.iter().enumerate() {
+        let node = graph.node(n);
+        let (op, operands) = if canon.bound[i] {
+            let op = match &node.op {
+                Op::Input { .. } | Op::Param { .. } => node.op.clone(),
+                _ => Op::Input {
+                    name: format!("__kiln_bound{i}"),
+                    ty: node.ty.clone(),
+                },
+            };
+            (op, Vec::new())
+        } else {
+            let ops: Vec<NodeId> = graph
+                .operands(n)
+                .iter()
+                .map(|o| map[canon.number[o]])
+                .collect();
+            (node.op.clone(), ops)
+        };
+        let node = Node {
+            op,
+            ty: node.ty.clone(),
+            loc: node.loc.clone(),
+            grad_of: None,
+        };
+        map.push(g.push_node(node, &operands));
+    }
+    for (k, &w) in canon.wanted.iter().enumerate() {
+        g.set_output(format!("w{k}"), map[w]);
+    }
+    let before = dump_ir.then(|| kiln_ir::text::print(&g));
+    let opts = PassOptions {
+        dump_ir,
+        ..PassOptions::backend()
+    };
+    let report = kiln_ir::passes::optimize(&mut g, &opts)?;
+    // The passes keep the ids of inputs and params and follow outputs; check both.
+    let wanted = (0..canon.wanted.len())
+        .map(|k| {
+            g.outputs
+                .get(&format!("w{k}"))
+                .copied()
+                .ok_or_else(|| internal(format!("the passes removed wanted result {k}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut bound = HashSet::new();
+    let mut back = HashMap::new();
+    for (i, &b) in canon.bound.iter().enumerate() {
+        if !b {
+            continue;
+        }
+        let id = map[i];
+        if !g.contains(id) || !matches!(g.node(id).op, Op::Input { .. } | Op::Param { .. }) {
+            return Err(internal(format!(
+                "the passes removed or rewrote bound node %{}",
+                canon.order[i].index()
+            )));
+        }
+        bound.insert(id);
+        back.insert(id, i);
+    }
+    let canon = canonicalize(&g, &wanted, &bound)?;
+    Ok(Optimized {
+        graph: g,
+        canon,
+        back,
+        report,
+        before,
+    })
+}
+
+/// Compiles the canonicalised graph (a cache miss): runs the graph passes on its needed part
+/// unless `KILN_PASSES=0` (if they fail, which is a bug in a pass, the graph is compiled as
+/// given, with a warning), then [`compile_graph`].
 pub(crate) fn compile_canonical(graph: &Graph, canon: &Canon) -> Result<Compiled> {
-    let start = Instant::now();
     let flags = DumpFlags::from_env();
     let id = key_id(&canon.key);
+    if !dump::passes_enabled() {
+        let mut c = compile_graph(graph, canon, &id, flags)?;
+        c.input_canon = c.mem.inputs.clone();
+        return Ok(c);
+    }
+    let opt = match optimize_needed(graph, canon, flags.ir) {
+        Ok(opt) => opt,
+        Err(e) => {
+            log::warn!("program {id}: graph passes failed, compiling without them: {e}");
+            let mut c = compile_graph(graph, canon, &id, flags)?;
+            c.input_canon = c.mem.inputs.clone();
+            return Ok(c);
+        }
+    };
+    if let Some(text) = &opt.before {
+        dump::write(&id, "ir.00-input", text);
+    }
+    if flags.ir {
+        for (k, d) in opt.report.dumps.iter().enumerate() {
+            let what = format!("ir.{:02}-{}-{}", k + 1, d.iteration, d.pass.name());
+            dump::write(&id, &what, &d.text);
+        }
+    }
+    if dump::profile_enabled() {
+        dump::report(
+            &format!("kiln passes of program {id}"),
+            &opt.report.to_string(),
+        );
+    }
+    let mut c = compile_graph(&opt.graph, &opt.canon, &id, flags)?;
+    c.input_canon = c
+        .mem
+        .inputs
+        .iter()
+        .map(|&j| {
+            opt.back
+                .get(&opt.canon.order[j])
+                .copied()
+                .ok_or_else(|| internal(format!("input storage {j} is not a bound node")))
+        })
+        .collect::<Result<_>>()?;
+    c.passes = Some(opt.report);
+    Ok(c)
+}
+
+/// Schedules, lowers, plans and JIT-compiles `graph` as numbered by `canon`.
+fn compile_graph(graph: &Graph, canon: &Canon, id: &str, flags: DumpFlags) -> Result<Compiled> {
+    let start = Instant::now();
+    let id = id.to_string();
     let sched = schedule(graph, canon)?;
     // `%n` in dumps and kernel labels: the numbering of the graph's text form.
     let printed: HashMap<NodeId, usize> = kiln_ir::text::print_order(graph)
@@ -166,11 +315,14 @@ pub(crate) fn compile_canonical(graph: &Graph, canon: &Canon) -> Result<Compiled
         input_types,
         consts,
         output_types,
+        input_canon: Vec::new(),
+        passes: None,
         results,
         owner_types,
         id,
         schedule_text,
         clif: jit.clif,
+        pool: Default::default(),
         _code: Some(jit.code),
     };
     if flags.ir {
@@ -259,12 +411,7 @@ impl Compiled {
     /// Runs the compiled kernels (machine code) on type-checked inputs.
     fn run(&self, inputs: &[&Literal]) -> Result<Vec<Literal>> {
         let profile = dump::profile_enabled();
-        let mut temps: Vec<Vec<u64>> = self
-            .mem
-            .temps
-            .iter()
-            .map(|&b| vec![0u64; b.div_ceil(8)])
-            .collect();
+        let mut temps = self.pool.take(&self.mem.temps);
         let mut outputs: Vec<Data> = self
             .output_types
             .iter()
@@ -332,6 +479,7 @@ impl Compiled {
                 data,
             });
         }
+        self.pool.give(temps);
         Ok(res)
     }
 
@@ -496,14 +644,15 @@ impl Program {
         let canon = canonicalize(graph, wanted, &bound_set)?;
         let compiled = crate::cache::get_or_compile(graph, &canon)?;
         let input_nodes: Vec<NodeId> = compiled
-            .mem
-            .inputs
+            .input_canon
             .iter()
             .map(|&i| canon.order[i])
             .collect();
+        // Bound nodes the program does not read: not needed, or made unneeded by the passes.
+        let used: HashSet<NodeId> = input_nodes.iter().copied().collect();
         let unused_bound = bound
             .iter()
-            .filter(|b| !canon.number.contains_key(b))
+            .filter(|b| !used.contains(b))
             .map(|&b| (b, graph.ty(b).clone()))
             .collect();
         Ok(Program {
@@ -566,6 +715,12 @@ impl Program {
     /// Which nodes each kernel computes and where every buffer lives, as text.
     pub fn schedule_text(&self) -> &str {
         &self.compiled.schedule_text
+    }
+
+    /// What the graph passes did when this program was compiled (`None` when they were not
+    /// run: `KILN_PASSES=0`, or they failed and the graph was compiled as given).
+    pub fn pass_report(&self) -> Option<&PassReport> {
+        self.compiled.passes.as_ref()
     }
 
     /// A short id of the program's structural key (used in dump file names).

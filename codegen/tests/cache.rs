@@ -137,3 +137,38 @@ fn binding_errors_are_reported() {
     let e = Program::compile(&g, &[r], &[x]).err().unwrap().to_string();
     assert!(e.contains("is not bound"), "{e}");
 }
+
+#[test]
+fn temporaries_reused_across_runs_and_threads() {
+    // A program keeps its temporaries between runs (`memory::TempPool`): runs with different
+    // inputs, one after another and from several threads at once, must each get their own
+    // values, never a previous run's leftovers.
+    let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let m = kiln_codegen::models::conv_block(2, 3, 4, 8).unwrap();
+    let p = Program::compile(&m.graph, &m.wanted, &m.inputs).unwrap();
+    let check = |seed: u64| {
+        let values = m.random_inputs(seed, 1.0);
+        let b: HashMap<NodeId, &Literal> = m.inputs.iter().copied().zip(values.iter()).collect();
+        let want = kiln_ir::interp::eval(&m.graph, &b, &m.wanted).unwrap();
+        for _ in 0..3 {
+            let got = p.run(&b).unwrap();
+            for (g, w) in got.iter().zip(&want) {
+                for (a, b) in g.to_f64_vec().iter().zip(w.to_f64_vec()) {
+                    assert!(
+                        (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
+                        "seed {seed}: {a} vs {b}"
+                    );
+                }
+            }
+        }
+    };
+    for seed in 0..3 {
+        check(seed);
+    }
+    std::thread::scope(|s| {
+        for seed in 10..14 {
+            let check = &check;
+            s.spawn(move || check(seed));
+        }
+    });
+}

@@ -184,3 +184,83 @@ fn broadcast_of_computed_values() {
         vec![y, d]
     });
 }
+
+/// The gradient of a sum of strided slices (max pooling's backward pass) as autodiff writes
+/// it, one `pad(slice(reshape(pad(reshape(g)))))` per slice: the lowering splits the loops
+/// into residue classes of the step. `dims` is the input's shape, `step` and `window` per
+/// axis (1 and 1 for an axis not pooled), `pad` zeros around the input first; the slices run
+/// to the end of each axis, so steps need not divide the sizes.
+fn strided_gradient(dtype: DType, dims: &[usize], step: &[usize], window: &[usize], pad: usize) {
+    let rank = dims.len();
+    let padded: Vec<usize> = (0..rank)
+        .map(|k| dims[k] + if window[k] > 1 { 2 * pad } else { 0 })
+        .collect();
+    // Every offset in the window, and the shape of its slice.
+    let mut offsets: Vec<Vec<usize>> = vec![Vec::new()];
+    for &wk in window {
+        offsets = offsets
+            .into_iter()
+            .flat_map(|o| {
+                (0..wk).map(move |w| {
+                    let mut o = o.clone();
+                    o.push(w);
+                    o
+                })
+            })
+            .collect();
+    }
+    let shapes: Vec<Vec<usize>> = offsets
+        .iter()
+        .map(|o| {
+            (0..rank)
+                .map(|k| (padded[k] - o[k]).div_ceil(step[k]))
+                .collect()
+        })
+        .collect();
+    let mut types: Vec<(DType, &[usize])> = vec![(dtype, dims)];
+    types.extend(shapes.iter().map(|s| (dtype, s.as_slice())));
+    run(&types, |g, x| {
+        let lo: Vec<usize> = (0..rank)
+            .map(|k| if window[k] > 1 { pad } else { 0 })
+            .collect();
+        let src = if pad > 0 {
+            g.pad(x[0], lo.clone(), lo, 0.0).unwrap()
+        } else {
+            x[0]
+        };
+        let mut seeds = Vec::new();
+        for (t, o) in offsets.iter().enumerate() {
+            let axes = (0..rank).map(|k| sl(o[k], padded[k], step[k])).collect();
+            let s = g.slice(src, axes).unwrap();
+            seeds.push((s, x[1 + t]));
+        }
+        let dx = kiln_ir::autodiff::grad(g, &seeds, &[x[0]]).unwrap()[0].unwrap();
+        // Also under a mask, as a ReLU before the pool makes it.
+        let zero = g.full_like(0.0, x[0]).unwrap();
+        let m = g.compare(CmpOp::Gt, x[0], zero).unwrap();
+        let masked = g.select(m, dx, zero).unwrap();
+        vec![dx, masked]
+    });
+}
+
+#[test]
+fn strided_slice_gradients_split_into_residue_classes() {
+    // Max pool 2x2 stride 2 on even and odd sizes.
+    strided_gradient(DType::F32, &[2, 3, 8, 8], &[1, 1, 2, 2], &[1, 1, 2, 2], 0);
+    strided_gradient(DType::F32, &[2, 3, 7, 9], &[1, 1, 2, 2], &[1, 1, 2, 2], 0);
+    // Steps of 3 that do not divide, windows smaller and larger than the step.
+    strided_gradient(DType::F64, &[1, 2, 10, 8], &[1, 1, 3, 3], &[1, 1, 3, 2], 0);
+    strided_gradient(DType::F32, &[2, 11, 5], &[1, 3, 2], &[1, 4, 3], 0);
+    // With padding (a pool with padding 1), and in 3-D.
+    strided_gradient(DType::F32, &[1, 2, 7, 6], &[1, 1, 2, 2], &[1, 1, 3, 3], 1);
+    strided_gradient(
+        DType::F32,
+        &[1, 2, 5, 6, 7],
+        &[1, 1, 2, 2, 2],
+        &[1, 1, 2, 2, 2],
+        0,
+    );
+    // A strided leading axis (kept whole for the parallel loop) and steps of 4.
+    strided_gradient(DType::F32, &[9, 13], &[2, 4], &[2, 4], 0);
+    strided_gradient(DType::F64, &[3, 17, 5], &[1, 4, 1], &[1, 2, 1], 0);
+}

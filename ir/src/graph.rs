@@ -262,6 +262,23 @@ impl Graph {
         Some(node)
     }
 
+    /// Removes several nodes at once: one scan of the graph for the gradient tags and name maps
+    /// instead of one per node, so dead-code elimination stays linear on large graphs.
+    pub fn remove_nodes(&mut self, ids: &[NodeId]) {
+        let gone: std::collections::HashSet<NodeId> = ids.iter().copied().collect();
+        self.inputs.retain(|_, v| !gone.contains(v));
+        self.params.retain(|_, v| !gone.contains(v));
+        self.outputs.retain(|_, v| !gone.contains(v));
+        for &id in ids {
+            self.g.remove_node(id);
+        }
+        for n in self.g.node_weights_mut() {
+            if n.grad_of.is_some_and(|t| gone.contains(&t)) {
+                n.grad_of = None;
+            }
+        }
+    }
+
     /// Nodes in an order where every operand comes before its users (a depth-first post-order
     /// from the nodes in index order, so it is deterministic), or the cycle found.
     pub fn topo_order(&self) -> Result<Vec<NodeId>> {

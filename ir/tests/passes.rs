@@ -3,9 +3,13 @@
 //! 1. File tests: every `tests/passes/*.kir` holds a graph, the passes to run on it and the
 //!    expected result (see [`file_tests`]); the input and output are also run on random values
 //!    and must agree bit for bit.
-//! 2. A differential test on hundreds of seeded random graphs using every op (shapes with 1s
-//!    and odd sizes, constants, `full`s, repeated subexpressions, dead code): the interpreter
-//!    must give the same bits before and after [`optimize`] (a NaN may change payload).
+//! 2. Differential tests on hundreds of seeded random graphs using every op (shapes with 1s
+//!    and odd sizes, constants, `full`s, repeated subexpressions and near-duplicates that
+//!    differ in one attribute, chains of movement ops, dead code, special values such as
+//!    `-0.0`, infinities and NaN): the interpreter must give the same bits before and after
+//!    [`optimize`] (a NaN may change payload). Variants: every node an output (nothing dead,
+//!    so every rewrite is observed), `no_signed_zeros`, the backend pipeline, and exhaustive
+//!    1-d slices of pads and of slices.
 //! 3. Backward graphs (autodiff of random graphs, an MLP and a small conv net) shrink under
 //!    the passes and still evaluate the same.
 //! 4. Unit tests of the pass manager and of the rules' limits (what must *not* be folded).
@@ -598,7 +602,8 @@ impl Gen<'_> {
                     ops.swap(0, 1);
                 }
                 let op = if self.rng.chance(0.4) {
-                    self.perturb(&node.op)
+                    let shape = ops.first().map_or(vec![], |&o| self.g.shape(o).to_vec());
+                    self.perturb(&node.op, &shape)
                 } else {
                     node.op
                 };
@@ -609,7 +614,7 @@ impl Gen<'_> {
 
     /// `op` with one attribute changed: a near-duplicate that CSE must not merge (when its
     /// type is still the same, only the attributes tell the two apart).
-    fn perturb(&mut self, op: &Op) -> Op {
+    fn perturb(&mut self, op: &Op, operand_shape: &[usize]) -> Op {
         let mut op = op.clone();
         match &mut op {
             Op::Full { value, .. } => *value = self.rng.pick(&FILL),
@@ -638,11 +643,40 @@ impl Gen<'_> {
             }
             Op::Permute(p) if p.len() >= 2 => p.swap(0, 1),
             Op::Slice(axes) => {
-                if let Some(a) = axes.iter_mut().find(|a| a.len() >= 1) {
-                    match self.rng.below(3) {
-                        0 => a.step += 1,
-                        1 => a.end = a.end.saturating_sub(1).max(a.start),
-                        _ => a.start = (a.start + 1).min(a.end),
+                // Same length, other elements (so that the type stays the same): the range
+                // shifted, or a longer step, where that fits in the operand.
+                let fits = |a: &SliceAxis, d: usize| a.end <= d && a.start <= a.end;
+                for (a, &d) in axes.iter_mut().zip(operand_shape) {
+                    let len = a.len();
+                    let mut options = vec![];
+                    if len >= 1 && a.start > 0 {
+                        options.push(SliceAxis {
+                            start: a.start - 1,
+                            end: a.end - 1,
+                            step: a.step,
+                        });
+                    }
+                    if len >= 1 && a.end < d {
+                        options.push(SliceAxis {
+                            start: a.start + 1,
+                            end: a.end + 1,
+                            step: a.step,
+                        });
+                    }
+                    if len >= 2 {
+                        let step = a.step + 1;
+                        let b = SliceAxis {
+                            start: a.start,
+                            end: a.start + (len - 1) * step + 1,
+                            step,
+                        };
+                        if fits(&b, d) {
+                            options.push(b);
+                        }
+                    }
+                    if !options.is_empty() {
+                        *a = self.rng.pick(&options);
+                        break;
                     }
                 }
             }
@@ -859,6 +893,7 @@ fn random_graph_with(
         sign_blind,
         floats_only,
         inputs: 0,
+        dup_rate: 0.2,
     };
     for _ in 0..2 + gen.rng.below(2) {
         let s = gen.shape();
@@ -971,12 +1006,12 @@ fn random_graphs_with_every_node_an_output_keep_their_semantics() {
 
 #[test]
 fn random_movement_chains_compose_exactly() {
-    // Chains of one kind of movement op (or of casts) on an input, where the composition
-    // rules (steps of slices times steps, permutations composed, pads added, lossless casts
-    // skipped) do all the work.
+    // Chains of one kind of movement op (or of casts, or pads and slices in turn) on an input,
+    // where the composition rules (steps of slices times steps, permutations composed, pads
+    // added, lossless casts skipped, slices of pads) do all the work.
     let mut rng = Rng(4242);
     let mut composed = 0;
-    for case in 0..300 {
+    for case in 0..500 {
         let mut gen = Gen {
             rng: &mut rng,
             g: Graph::new(),
@@ -995,10 +1030,15 @@ fn random_movement_chains_compose_exactly() {
             .input("x", TensorType::new(DType::F32, shape))
             .unwrap();
         gen.pool.push(x);
-        let kind = gen.rng.below(6);
-        for _ in 0..2 + gen.rng.below(3) {
+        // Kinds 0 to 5 repeat one op; 6 alternates pad and slice (slices of pads).
+        let kind = gen.rng.below(7);
+        for i in 0..2 + gen.rng.below(3) {
             let last = *gen.pool.last().unwrap();
-            gen.movement(last, kind);
+            let k = match kind {
+                6 => [4, 3][i % 2],
+                k => k,
+            };
+            gen.movement(last, k);
         }
         let out = *gen.pool.last().unwrap();
         gen.g.set_output("y", out);
@@ -1010,6 +1050,65 @@ fn random_movement_chains_compose_exactly() {
         assert_same_semantics(&g0, &g, &mut rng, 1, false, &format!("chain case {case}"));
     }
     assert!(composed > 300, "only {composed} nodes composed away");
+}
+
+/// Every slice of a padded 1-d tensor and every slice of a slice, for small sizes: the
+/// composition rules must give the elements the interpreter gives.
+#[test]
+fn slices_of_pads_and_of_slices_exhaustively() {
+    fn ranges(d: usize) -> Vec<SliceAxis> {
+        let mut v = vec![];
+        for start in 0..=d {
+            for end in start..=d {
+                for step in 1..=3 {
+                    v.push(SliceAxis { start, end, step });
+                }
+            }
+        }
+        v
+    }
+    let mut checked = 0;
+    for d in 0..8 {
+        let y = Literal::from_f64(
+            vec![d],
+            DType::F64,
+            &(1..=d).map(|i| i as f64).collect::<Vec<_>>(),
+        );
+        let binds = HashMap::from([("y".to_string(), y)]);
+        let mut check = |g0: Graph| {
+            let mut g = g0.clone();
+            optimize(&mut g, &PassOptions::default()).unwrap();
+            let (a, b) = (run(&g0, &binds).unwrap(), run(&g, &binds).unwrap());
+            assert_eq!(a["r"], b["r"], "\n{g0}\n{g}");
+            checked += 1;
+        };
+        for lo in 0..3 {
+            for hi in 0..3 {
+                if d > 4 {
+                    break;
+                }
+                for r in ranges(lo + d + hi) {
+                    let mut g = Graph::new();
+                    let x = g.input("y", t(DType::F64, &[d])).unwrap();
+                    let p = g.pad(x, vec![lo], vec![hi], -7.0).unwrap();
+                    let s = g.slice(p, vec![r]).unwrap();
+                    g.set_output("r", s);
+                    check(g);
+                }
+            }
+        }
+        for a in ranges(d) {
+            for b in ranges(a.len()) {
+                let mut g = Graph::new();
+                let x = g.input("y", t(DType::F64, &[d])).unwrap();
+                let s = g.slice(x, vec![a]).unwrap();
+                let s = g.slice(s, vec![b]).unwrap();
+                g.set_output("r", s);
+                check(g);
+            }
+        }
+    }
+    assert!(checked > 1000);
 }
 
 #[test]
@@ -1097,6 +1196,9 @@ fn with_gradients(mut g: Graph, out: NodeId) -> Option<Graph> {
 fn random_backward_graphs_shrink_and_keep_their_values() {
     let mut rng = Rng(31337);
     let (mut before_total, mut after_total, mut cases) = (0, 0, 0);
+    // Nodes left by DCE alone: the random forward graphs have dead code, which says nothing
+    // about the other passes.
+    let mut live_total = 0;
     let mut attempts = 0;
     while cases < 120 {
         attempts += 1;
@@ -1110,10 +1212,13 @@ fn random_backward_graphs_shrink_and_keep_their_values() {
         let Some(g0) = with_gradients(r.graph, out) else {
             continue;
         };
+        let mut live = g0.clone();
+        dce(&mut live).unwrap();
+        live_total += live.len();
         let mut g = g0.clone();
         optimize(&mut g, &PassOptions::default())
             .unwrap_or_else(|e| panic!("case {cases}: {e}\n{g0}"));
-        assert!(g.len() <= g0.len());
+        assert!(g.len() <= live.len());
         before_total += g0.len();
         after_total += g.len();
         assert_same_semantics(
@@ -1126,10 +1231,12 @@ fn random_backward_graphs_shrink_and_keep_their_values() {
         );
         cases += 1;
     }
-    eprintln!("random backward graphs: {before_total} -> {after_total} nodes");
+    eprintln!(
+        "random backward graphs: {before_total} nodes, {live_total} live, {after_total} optimised"
+    );
     assert!(
-        (after_total as f64) < 0.8 * before_total as f64,
-        "backward graphs shrank only from {before_total} to {after_total} nodes"
+        (after_total as f64) < 0.85 * live_total as f64,
+        "backward graphs shrank only from {live_total} live nodes to {after_total}"
     );
 }
 
@@ -1473,12 +1580,34 @@ fn rewrites_keep_the_users_location_and_tag() {
     assert_eq!(y.grad_of, None);
 }
 
+/// Timing of `optimize` on big backward graphs (`--ignored --nocapture`). The passes are
+/// linear apart from `Graph::remove_node`, which scans every node to clear gradient tags, so
+/// removing many nodes is quadratic: about 0.1 s for 6500 nodes, 0.4 s for 13000.
 #[test]
-#[ignore]
-fn show_mlp() {
-    for g0 in [mlp_training_graph(), convnet_training_graph()] {
-        let mut g = g0.clone();
-        optimize(&mut g, &PassOptions::backend()).unwrap();
-        println!("{g0}\n{g}");
+#[ignore = "a timing measurement of optimize on large graphs (run with --ignored), not a correctness check"]
+fn bench_optimize_large_backward_graph() {
+    for n in [400usize, 800] {
+        let mut g = Graph::new();
+        let x = g.param("x", t(DType::F32, &[4, 4])).unwrap();
+        let mut cur = x;
+        for i in 0..n {
+            let one = g.full(1.0, t(DType::F32, &[4, 4])).unwrap();
+            let m = g.mul(cur, one).unwrap();
+            let e = g.unary(UnaryOp::Tanh, m).unwrap();
+            let e2 = g.unary(UnaryOp::Tanh, m).unwrap();
+            cur = g.add(e, e2).unwrap();
+            if i % 3 == 0 {
+                let p = g.permute(cur, vec![1, 0]).unwrap();
+                cur = g.permute(p, vec![1, 0]).unwrap();
+            }
+        }
+        let s = g.reduce(ReduceOp::Sum, cur, vec![0, 1]).unwrap();
+        let gx = grad_of(&mut g, s, &[x]).unwrap()[0].unwrap();
+        g.set_output("s", s);
+        g.set_output("gx", gx);
+        let before = g.len();
+        let t0 = std::time::Instant::now();
+        let r = optimize(&mut g, &PassOptions::default()).unwrap();
+        eprintln!("{before} -> {} nodes in {:?}\n{r}", g.len(), t0.elapsed());
     }
 }

@@ -405,13 +405,28 @@ impl Emitter<'_, '_> {
             return Ok(());
         }
         let x = self.vval(value)?;
+        // Lanes `coef` elements apart (a loop split into residue classes stores every
+        // `coef`-th element); the vectoriser admits only 1..=64, so offsets fit an i32.
+        let coef = match self.vvar {
+            Some(v) => index.linear_coef(v).unwrap_or(1),
+            None => 1,
+        };
+        let step = i32::try_from(coef * d.size_of() as i64)
+            .map_err(|_| format!("store stride {coef} out of range"))?;
         if d == DType::Bool {
             for lane in 0..self.lanes {
                 let m = self.b.ins().extractlane(x, lane as u8);
                 let bit = self.b.ins().band_imm_s(m, 1);
                 self.b
                     .ins()
-                    .istore8(MemFlagsData::trusted(), bit, a, lane as i32);
+                    .istore8(MemFlagsData::trusted(), bit, a, lane as i32 * step);
+            }
+        } else if coef != 1 {
+            for lane in 0..self.lanes {
+                let e = self.b.ins().extractlane(x, lane as u8);
+                self.b
+                    .ins()
+                    .store(MemFlagsData::trusted(), e, a, lane as i32 * step);
             }
         } else {
             self.b.ins().store(Self::vflags(), x, a, 0);

@@ -6,8 +6,9 @@
 //! - every value is of one float width (plus bools): mixing f32 with f64 would need two
 //!   vector registers per value, and `i64` kernels (class indices, rare and small) stay
 //!   scalar, since x64 lacks most 64-bit integer vector instructions;
-//! - every store is contiguous in the loop variable (coefficient 1), so the lanes write
-//!   distinct, adjacent elements; a buffer both read and written in the loop is read only at
+//! - every store advances with the loop variable (coefficient 1 to 64), so the lanes write
+//!   distinct elements: adjacent ones as one vector store, strided ones (a loop split into
+//!   residue classes) lane by lane; a buffer both read and written in the loop is read only at
 //!   the stored index (an accumulation into the output), so no lane reads another's write.
 //!
 //! Loads may have any index: contiguous ones become vector loads, loop-invariant ones a splat,
@@ -67,7 +68,7 @@ fn lanes_for(l: &Loop, vals: &[DType], accs: &[AccDecl]) -> u32 {
                 }
             }
             Stmt::Store { buf, index, .. } => {
-                if index.linear_coef(l.var) != Some(1) {
+                if !matches!(index.linear_coef(l.var), Some(1..=64)) {
                     return 1;
                 }
                 stores.push((*buf, index));

@@ -18,7 +18,7 @@
 //! survivor ends up with names an existing node other than itself, so the verifier's tag
 //! check still holds.
 
-use super::{replace, Scalar};
+use super::{replace, Scalar, Tags};
 use crate::error::Result;
 use crate::graph::{Graph, NodeId};
 use crate::op::{BinaryOp, CmpOp, Op, ReduceOp, SliceAxis};
@@ -39,6 +39,7 @@ struct Key {
 pub fn cse(graph: &mut Graph) -> Result<usize> {
     let order = graph.topo_order()?;
     let mut seen: HashMap<Key, NodeId> = HashMap::new();
+    let mut tags = Tags::new(graph);
     let mut merged = 0;
     for id in order {
         if !graph.contains(id) {
@@ -49,8 +50,8 @@ pub fn cse(graph: &mut Graph) -> Result<usize> {
         };
         match seen.get(&key) {
             Some(&first) => {
-                merge_metadata(graph, first, id);
-                replace(graph, id, first);
+                merge_metadata(graph, &mut tags, first, id);
+                replace(graph, &mut tags, id, first);
                 merged += 1;
             }
             None => {
@@ -62,7 +63,7 @@ pub fn cse(graph: &mut Graph) -> Result<usize> {
 }
 
 /// Gives `keep` the better location and tag of `keep` and `dup` (see the module docs).
-fn merge_metadata(graph: &mut Graph, keep: NodeId, dup: NodeId) {
+fn merge_metadata(graph: &mut Graph, tags: &mut Tags, keep: NodeId, dup: NodeId) {
     let rank = |id: NodeId| {
         let n = graph.node(id);
         (n.loc.is_some(), n.grad_of.is_none())
@@ -76,6 +77,7 @@ fn merge_metadata(graph: &mut Graph, keep: NodeId, dup: NodeId) {
         k.loc = loc;
         if tag != Some(keep) {
             k.grad_of = tag;
+            tags.note(keep, tag);
         }
     }
 }

@@ -6,7 +6,7 @@
 //! else that no output reaches goes, constants and dead gradient work included. A graph
 //! without outputs is thus reduced to its inputs and params.
 //!
-//! Gradient tags that named a removed node are cleared ([`Graph::remove_node`]).
+//! Gradient tags that named a removed node are cleared ([`Graph::remove_nodes`]).
 
 use crate::error::Result;
 use crate::graph::{Graph, NodeId};
@@ -24,8 +24,6 @@ pub fn dce(graph: &mut Graph) -> Result<usize> {
             !live.contains(&id) && !matches!(graph.node(id).op, Op::Input { .. } | Op::Param { .. })
         })
         .collect();
-    for &id in &dead {
-        graph.remove_node(id);
-    }
+    graph.remove_nodes(&dead);
     Ok(dead.len())
 }

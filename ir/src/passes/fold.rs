@@ -24,7 +24,7 @@
 //! A `const` whose elements are all equal becomes a `full` too, so that the simplifier and
 //! CSE recognise it.
 
-use super::{replace, uniform, uniform_data, Scalar};
+use super::{replace, uniform, uniform_data, Scalar, Tags};
 use crate::error::{IrError, Result};
 use crate::graph::{Graph, Node, NodeId};
 use crate::op::{Op, ReduceOp};
@@ -37,6 +37,7 @@ const MAX_ROW: usize = 1 << 16;
 
 /// Folds every op whose operands are constants; returns how many nodes were replaced.
 pub fn fold_constants(graph: &mut Graph, max_elements: usize) -> Result<usize> {
+    let mut tags = Tags::new(graph);
     let mut folded = 0;
     for id in graph.topo_order()? {
         if !graph.contains(id) {
@@ -90,7 +91,8 @@ pub fn fold_constants(graph: &mut Graph, max_elements: usize) -> Result<usize> {
             },
             &[],
         );
-        replace(graph, id, new);
+        tags.note(new, grad_of);
+        replace(graph, &mut tags, id, new);
         folded += 1;
     }
     Ok(folded)

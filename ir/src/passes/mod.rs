@@ -5,14 +5,14 @@
 //!
 //! | pass | what it does |
 //! |---|---|
-//! | [`fold`](fold::fold_constants) | evaluates ops whose operands are all `full`/`const` with the reference interpreter; a uniform result becomes a `full`, a small one a `const` |
-//! | [`simplify`](simplify::simplify) | algebraic identities (`x+0`, `x*1`, `neg(neg x)`, composed movement ops, identity movement ops, casts, `where(c, x, x)`, ...) |
-//! | [`cse`](cse::cse) | merges structurally equal nodes (same op and attributes, floats by bits, same operands) |
-//! | [`dce`](dce::dce) | removes nodes no output depends on; inputs and params always stay |
-//! | [`strip_detach`](strip_detach::strip_detach) | replaces `detach` by its operand; only after autodiff, so not in the default pipeline |
+//! | [`fold_constants`] | evaluates ops whose operands are all `full`/`const` with the reference interpreter; a uniform result becomes a `full`, a small one a `const` |
+//! | [`simplify()`] | algebraic identities (`x+0`, `x*1`, `neg(neg x)`, composed movement ops, identity movement ops, casts, `where(c, x, x)`, ...) |
+//! | [`cse()`] | merges structurally equal nodes (same op and attributes, floats by bits, same operands) |
+//! | [`dce()`] | removes nodes no output depends on; inputs and params always stay |
+//! | [`strip_detach()`] | replaces `detach` by its operand; only after autodiff, so not in the default pipeline |
 //!
 //! [`optimize`] runs a pipeline of them to a fixed point (a bounded number of rounds), runs
-//! the [`verify`]er after every pass so that a buggy rewrite is reported by the pass that made
+//! the [`verify`](crate::verify())er after every pass so that a buggy rewrite is reported by the pass that made
 //! it, and returns a [`PassReport`] with per-pass timings and node counts (for `KILN_PROFILE`)
 //! and, on request, the IR text after every pass that changed the graph (for `KILN_DUMP=ir`).
 //!
@@ -24,17 +24,19 @@
 //! payload (a NaN stays a NaN). In particular:
 //! - `x * 0` is never folded for floats (`inf * 0` and `NaN * 0` are NaN, as PyTorch users
 //!   expect); it is folded for `i64`;
-//! - `x + 0.0` is not `x` for floats when `x` is `-0.0` (`-0.0 + 0.0 == +0.0`, and `1/x` then
-//!   differs), so by default only `x + (-0.0)` and `x - 0.0` are removed. Setting
-//!   [`PassOptions::no_signed_zeros`] (LLVM's `nsz`) also removes `x + 0.0`, `x - (-0.0)` and
-//!   float sums over size-1 axes, which may turn a `-0.0` result into `+0.0`;
+//! - `x + 0.0` is not `x` for floats when `x` is `-0.0` (`-0.0 + 0.0` is `+0.0`, and `1/x`
+//!   then differs), so by default only `x + (-0.0)` and `x - 0.0` are removed. Setting
+//!   [`PassOptions::no_signed_zeros`] (LLVM's `nsz`) also rewrites `x + 0.0`, `x - (-0.0)`,
+//!   `0.0 - x` and float sums over size-1 axes, which may turn a `-0.0` result into `+0.0`;
 //! - reassociation is never done for floats (`sum(sum(x))` is merged only for `i64` and
 //!   for `reduce_max`).
 //!
 //! # Node identity
 //!
 //! Passes keep the ids of the nodes they do not remove, so a caller holding [`NodeId`]s of
-//! inputs and params can still bind them. Outputs are followed through rewrites (the
+//! inputs and params can still bind them. Interior nodes may be replaced or removed: a caller
+//! that binds values to interior nodes (realised activations, see [`crate::interp::eval`])
+//! should make them inputs before optimising. Outputs are followed through rewrites (the
 //! `outputs` map is updated), so read results through it, not through ids held from before.
 //! When a node is replaced, gradient tags naming it are moved to its replacement, which
 //! computes the same value; tags naming a node that is removed as dead are cleared.
@@ -56,6 +58,7 @@ use crate::graph::{Graph, Node, NodeId};
 use crate::infer::infer;
 use crate::op::Op;
 use crate::{DType, Data, Literal, TensorType};
+use std::collections::HashMap;
 use std::fmt;
 use std::time::{Duration, Instant};
 
@@ -64,13 +67,13 @@ use std::time::{Duration, Instant};
 pub enum Pass {
     /// [`fold_constants`]
     Fold,
-    /// [`simplify`]
+    /// [`simplify()`]
     Simplify,
-    /// [`cse`]
+    /// [`cse()`]
     Cse,
-    /// [`dce`]
+    /// [`dce()`]
     Dce,
-    /// [`strip_detach`]: only for graphs that will not be differentiated again.
+    /// [`strip_detach()`]: only for graphs that will not be differentiated again.
     StripDetach,
 }
 
@@ -141,7 +144,7 @@ impl Default for PassOptions {
 }
 
 impl PassOptions {
-    /// The default pipeline preceded by [`strip_detach`]: for a backend about to compile a
+    /// The default pipeline preceded by [`strip_detach()`]: for a backend about to compile a
     /// graph that autodiff has already run on (a `detach` matters only to autodiff).
     pub fn backend() -> PassOptions {
         let mut o = PassOptions::default();
@@ -327,31 +330,58 @@ fn prefix(context: &str, e: IrError) -> IrError {
 
 // ----- helpers shared by the passes ------------------------------------------------------------
 
+/// Which nodes carry a gradient tag naming each node, so that moving the tags of a replaced
+/// node does not scan the whole graph (a pass may replace thousands of nodes). Built once per
+/// pass run and kept up to date by [`replace`], [`add_like`] and [`Tags::note`]; entries of
+/// nodes that were removed or re-tagged since are stale and skipped.
+#[derive(Default)]
+struct Tags(HashMap<NodeId, Vec<NodeId>>);
+
+impl Tags {
+    fn new(graph: &Graph) -> Tags {
+        let mut t = Tags::default();
+        for id in graph.node_ids() {
+            t.note(id, graph.node(id).grad_of);
+        }
+        t
+    }
+
+    /// Records that `id` is tagged with `tag`.
+    fn note(&mut self, id: NodeId, tag: Option<NodeId>) {
+        if let Some(t) = tag {
+            self.0.entry(t).or_default().push(id);
+        }
+    }
+}
+
 /// Makes every use of `old` (operands and outputs) a use of `new`, moves gradient tags naming
 /// `old` to `new`, and removes `old` if nothing uses it any more (inputs and params stay).
 ///
 /// `new` computes the same value as `old`, so a gradient node "of `old`" is one of `new`. A
 /// tag that would make `new` name itself takes `old`'s own tag instead.
-pub(crate) fn replace(graph: &mut Graph, old: NodeId, new: NodeId) {
+fn replace(graph: &mut Graph, tags: &mut Tags, old: NodeId, new: NodeId) {
     if old == new {
         return;
     }
     graph.replace_all_uses(old, new);
     let old_tag = graph.node(old).grad_of;
-    for id in graph.node_ids() {
-        if graph.node(id).grad_of == Some(old) {
-            graph.node_mut(id).grad_of = if id == new {
-                old_tag.filter(|&t| t != new)
-            } else {
-                Some(new)
-            };
+    for id in tags.0.remove(&old).unwrap_or_default() {
+        if !graph.contains(id) || graph.node(id).grad_of != Some(old) {
+            continue; // stale
         }
+        let tag = if id == new {
+            old_tag.filter(|&t| t != new)
+        } else {
+            Some(new)
+        };
+        graph.node_mut(id).grad_of = tag;
+        tags.note(id, tag);
     }
     remove_if_dead(graph, old);
 }
 
 /// Removes `id` if it is not an input, param or output and has no users.
-pub(crate) fn remove_if_dead(graph: &mut Graph, id: NodeId) -> bool {
+fn remove_if_dead(graph: &mut Graph, id: NodeId) -> bool {
     let keep = matches!(graph.node(id).op, Op::Input { .. } | Op::Param { .. })
         || !graph.users(id).is_empty()
         || graph.outputs.values().any(|&o| o == id);
@@ -363,8 +393,9 @@ pub(crate) fn remove_if_dead(graph: &mut Graph, id: NodeId) -> bool {
 
 /// Adds `op(operands)` with its inferred type and the location and gradient tag of `like`
 /// (the node it will replace, so errors and profiles still point at the user's line).
-pub(crate) fn add_like(
+fn add_like(
     graph: &mut Graph,
+    tags: &mut Tags,
     op: Op,
     operands: &[NodeId],
     like: NodeId,
@@ -381,7 +412,7 @@ pub(crate) fn add_like(
         let n = graph.node(like);
         (n.loc.clone(), n.grad_of)
     };
-    Ok(graph.push_node(
+    let id = graph.push_node(
         Node {
             op,
             ty,
@@ -389,13 +420,15 @@ pub(crate) fn add_like(
             grad_of,
         },
         operands,
-    ))
+    );
+    tags.note(id, grad_of);
+    Ok(id)
 }
 
 /// One element of a tensor, in its dtype. Compared by bits ([`Scalar::same`]), so `-0.0` and
 /// `0.0` differ and a NaN equals only the same NaN.
 #[derive(Clone, Copy, Debug)]
-pub(crate) enum Scalar {
+enum Scalar {
     F32(f32),
     F64(f64),
     I64(i64),
@@ -405,12 +438,12 @@ pub(crate) enum Scalar {
 impl Scalar {
     /// The element a `full value` (or `pad value=`) of `dtype` holds: [`Data::splat`]'s
     /// conversion.
-    pub(crate) fn of_value(dtype: DType, value: f64) -> Scalar {
+    fn of_value(dtype: DType, value: f64) -> Scalar {
         Scalar::at(&Data::splat(dtype, value, 1), 0)
     }
 
     /// Element `i` of `data`.
-    pub(crate) fn at(data: &Data, i: usize) -> Scalar {
+    fn at(data: &Data, i: usize) -> Scalar {
         match data {
             Data::F32(v) => Scalar::F32(v[i]),
             Data::F64(v) => Scalar::F64(v[i]),
@@ -419,7 +452,7 @@ impl Scalar {
         }
     }
 
-    pub(crate) fn dtype(self) -> DType {
+    fn dtype(self) -> DType {
         match self {
             Scalar::F32(_) => DType::F32,
             Scalar::F64(_) => DType::F64,
@@ -429,7 +462,7 @@ impl Scalar {
     }
 
     /// The bits of the element (widened to 64).
-    pub(crate) fn bits(self) -> u64 {
+    fn bits(self) -> u64 {
         match self {
             Scalar::F32(v) => u64::from(v.to_bits()),
             Scalar::F64(v) => v.to_bits(),
@@ -439,13 +472,13 @@ impl Scalar {
     }
 
     /// Same dtype and same bits.
-    pub(crate) fn same(self, other: Scalar) -> bool {
+    fn same(self, other: Scalar) -> bool {
         self.dtype() == other.dtype() && self.bits() == other.bits()
     }
 
     /// A `full` value that holds exactly this element, if there is one (an `i64` beyond
     /// `2^53` may have none: `full` stores an `f64`).
-    pub(crate) fn to_value(self) -> Option<f64> {
+    fn to_value(self) -> Option<f64> {
         let v = match self {
             Scalar::F32(v) => f64::from(v),
             Scalar::F64(v) => v,
@@ -456,7 +489,7 @@ impl Scalar {
     }
 
     /// `n` copies of this element.
-    pub(crate) fn splat(self, shape: &[usize]) -> Literal {
+    fn splat(self, shape: &[usize]) -> Literal {
         let n: usize = shape.iter().product();
         let data = match self {
             Scalar::F32(v) => Data::F32(vec![v; n]),
@@ -472,7 +505,7 @@ impl Scalar {
 
     /// Whether this is the number `v` (for floats `-0.0 == 0.0` here; use [`Scalar::bits`]
     /// where the sign of zero matters).
-    pub(crate) fn is(self, v: f64) -> bool {
+    fn is(self, v: f64) -> bool {
         match self {
             Scalar::F32(x) => f64::from(x) == v,
             Scalar::F64(x) => x == v,
@@ -482,12 +515,12 @@ impl Scalar {
     }
 
     /// `+0.0` for floats (by bits), `0` for integers, `false` for bool.
-    pub(crate) fn is_pos_zero(self) -> bool {
+    fn is_pos_zero(self) -> bool {
         self.bits() == 0
     }
 
     /// `-0.0` (floats only).
-    pub(crate) fn is_neg_zero(self) -> bool {
+    fn is_neg_zero(self) -> bool {
         match self {
             Scalar::F32(x) => x.to_bits() == (-0.0f32).to_bits(),
             Scalar::F64(x) => x.to_bits() == (-0.0f64).to_bits(),
@@ -498,7 +531,7 @@ impl Scalar {
 
 /// The single value every element of `id` holds, if `id` is a `full`, or a `const` whose
 /// elements all have the same bits (an empty `const` has none).
-pub(crate) fn uniform(graph: &Graph, id: NodeId) -> Option<Scalar> {
+fn uniform(graph: &Graph, id: NodeId) -> Option<Scalar> {
     match &graph.node(id).op {
         Op::Full { value, ty } => Some(Scalar::of_value(ty.dtype, *value)),
         Op::Const(lit) => uniform_data(&lit.data),
@@ -507,7 +540,7 @@ pub(crate) fn uniform(graph: &Graph, id: NodeId) -> Option<Scalar> {
 }
 
 /// The value all elements of `data` share, if any (`None` when empty).
-pub(crate) fn uniform_data(data: &Data) -> Option<Scalar> {
+fn uniform_data(data: &Data) -> Option<Scalar> {
     fn all_same<T: Copy>(v: &[T], bits: impl Fn(T) -> u64) -> bool {
         v.split_first()
             .is_some_and(|(&a, rest)| rest.iter().all(|&b| bits(b) == bits(a)))

@@ -10,12 +10,13 @@
 //! | `x + (-0.0)`, `x - 0.0`, `x * 1`, `x / 1`, `pow(x, 1)` -> `x` | exact for every float, NaN and infinities included |
 //! | `x + 0.0` -> `x` | only with `no_signed_zeros` for floats (`-0.0 + 0.0 = 0.0`); always for `i64` |
 //! | `x * -1`, `x / -1`, `-0.0 - x` -> `neg(x)` | `0.0 - x` only with `no_signed_zeros` |
-//! | `x * 0` -> `0`, `x - x` -> `0`, `x == x` -> `true`, ... | `i64`/`bool` only: for floats `inf * 0` and `NaN - NaN` are NaN, and PyTorch users expect it to propagate |
+//! | `x * 0` -> `0`, `x - x` -> `0`, `x == x` -> `true`, ... | `i64` (and `bool` comparisons) only: for floats `inf * 0` and `NaN - NaN` are NaN, and PyTorch users expect it to propagate |
 //! | `max(x, x)`, `min(x, x)`, `where(c, x, x)` -> `x` | |
-//! | `where(true, a, b)` -> `a`, `where(false, a, b)` -> `b`, `where(c, 1, 0)` -> `cast(c)` | |
+//! | `where(true, a, b)` -> `a`, `where(false, a, b)` -> `b`, `where(c, 1, 0)` -> `cast(c)` | the 0 must be `+0.0` (the cast gives `+0.0`) |
 //! | `neg(neg(x))` -> `x` | |
 //! | `cast(x)` to its own dtype -> `x`; `cast(cast(x))` -> `cast(x)` | the inner cast must be lossless (`f32 -> f64`, from `bool`) |
 //! | reshape, permute, expand, slice, pad of the same op -> one op | pads only with the same fill value |
+//! | `slice(pad(y))` -> a smaller `pad(y)` or a `slice(y)` | when the slice only trims padding, or only reads `y` |
 //! | identity reshape, permute, expand, slice, pad, one-operand concat -> operand | |
 //! | permute that keeps the order of the non-unit axes -> reshape | the same elements in the same order |
 //! | empty operands of `concat` dropped | |
@@ -23,10 +24,10 @@
 //! | `reduce(reduce(x))` of one kind -> one reduce | `reduce_max`, and `reduce_sum` of `i64` (float sums round differently); only when the inner reduce has no other use, so no work is duplicated |
 //!
 //! Uniform operands of movement ops (`expand(full)` and the like) are the folder's job.
-//! `detach` is left alone: see [`super::strip_detach`].
+//! `detach` is left alone: see [`super::strip_detach()`].
 
-use super::{add_like, replace, uniform, PassOptions, Scalar};
-use crate::error::Result;
+use super::{add_like, replace, uniform, PassOptions, Scalar, Tags};
+use crate::error::{IrError, Result};
 use crate::graph::{Graph, NodeId};
 use crate::op::{BinaryOp, CmpOp, Op, ReduceOp, SliceAxis, UnaryOp};
 use crate::DType;
@@ -41,6 +42,7 @@ enum Rewrite {
 
 /// Applies the rules to every node, operands first; returns the number of rewrites.
 pub fn simplify(graph: &mut Graph, opts: &PassOptions) -> Result<usize> {
+    let mut tags = Tags::new(graph);
     let mut rewrites = 0;
     for id in graph.topo_order()? {
         let mut cur = id;
@@ -57,12 +59,23 @@ pub fn simplify(graph: &mut Graph, opts: &PassOptions) -> Result<usize> {
             rewrites += 1;
             match rw {
                 Rewrite::Use(x) => {
-                    replace(graph, cur, x);
+                    replace(graph, &mut tags, cur, x);
                     break;
                 }
                 Rewrite::New(op, operands) => {
-                    let new = add_like(graph, op, &operands, cur)?;
-                    replace(graph, cur, new);
+                    let new = add_like(graph, &mut tags, op, &operands, cur)?;
+                    if graph.ty(new) != graph.ty(cur) {
+                        return Err(IrError::Verify {
+                            ctx: Box::new(graph.context(cur)),
+                            msg: format!(
+                                "internal error: simplify would replace a {} by a {} `{}`",
+                                graph.ty(cur),
+                                graph.ty(new),
+                                graph.node(new).op.name()
+                            ),
+                        });
+                    }
+                    replace(graph, &mut tags, cur, new);
                     cur = new;
                 }
             }
@@ -219,6 +232,11 @@ fn rule(g: &Graph, id: NodeId, opts: &PassOptions) -> Option<Rewrite> {
                 let composed = inner.iter().zip(axes).map(|(a, b)| compose(a, b)).collect();
                 return Some(Rewrite::New(Op::Slice(composed), g.operands(x)));
             }
+            if let Op::Pad { lo, value, .. } = &g.node(x).op {
+                let y = g.operands(x)[0];
+                return slice_of_pad(axes, lo, *value, g.shape(y))
+                    .map(|op| Rewrite::New(op, vec![y]));
+            }
             None
         }
         Op::Pad { lo, hi, value } => {
@@ -361,6 +379,54 @@ fn binary(
 /// Whether casting `from -> to` keeps every value, so a later cast may start from `from`.
 fn lossless(from: DType, to: DType) -> bool {
     from == to || from == DType::Bool || (from == DType::F32 && to == DType::F64)
+}
+
+/// `slice(pad(y, lo, .., value), axes)` as one op on `y`, when every axis of the slice
+/// either keeps all of `y` contiguously (it only trims padding: a smaller `pad`) or stays
+/// inside `y` on every axis (a `slice` of `y`).
+fn slice_of_pad(axes: &[SliceAxis], lo: &[usize], value: f64, ys: &[usize]) -> Option<Op> {
+    let trims = axes.iter().zip(lo).zip(ys).all(|((a, &l), &d)| {
+        let len = a.len();
+        (a.step == 1 || len <= 1) && a.start <= l && a.start + len >= l + d
+    });
+    if trims {
+        let lo2 = axes.iter().zip(lo).map(|(a, &l)| l - a.start).collect();
+        let hi2 = axes
+            .iter()
+            .zip(lo)
+            .zip(ys)
+            .map(|((a, &l), &d)| a.start + a.len() - (l + d))
+            .collect();
+        return Some(Op::Pad {
+            lo: lo2,
+            hi: hi2,
+            value,
+        });
+    }
+    let inside = axes.iter().zip(lo).zip(ys).all(|((a, &l), &d)| {
+        let len = a.len();
+        len == 0 || (a.start >= l && a.start + (len - 1) * a.step < l + d)
+    });
+    if inside {
+        let moved = axes
+            .iter()
+            .zip(lo)
+            .map(|(a, &l)| match a.len() {
+                0 => SliceAxis {
+                    start: 0,
+                    end: 0,
+                    step: 1,
+                },
+                len => SliceAxis {
+                    start: a.start - l,
+                    end: a.start - l + (len - 1) * a.step + 1,
+                    step: a.step,
+                },
+            })
+            .collect();
+        return Some(Op::Slice(moved));
+    }
+    None
 }
 
 /// `slice(slice(x, a), b)` on one axis as one slice of `x`: element `j` of the result is
