@@ -118,6 +118,29 @@ fn promote_tensors(a: &Tensor, b: &Tensor) -> DType {
     }
 }
 
+/// Elementwise functions of one tensor: `x.exp()` etc.; an unsupported dtype panics with the op,
+/// the type and the caller's line (integers are promoted to f32 first, except for neg and abs).
+macro_rules! unary_methods {
+    ($($name:ident => $op:ident, $label:literal;)*) => {$(
+        #[doc = concat!("Elementwise `", stringify!($name), "`.")]
+        #[track_caller]
+        pub fn $name(&self) -> Tensor {
+            self.unary_op(UnaryOp::$op, $label).unwrap_or_else(|e| panic!("{e}"))
+        }
+    )*};
+}
+
+/// Comparisons with a tensor or a scalar, broadcasting; the result is a bool tensor.
+macro_rules! compare_methods {
+    ($($name:ident => $op:ident;)*) => {$(
+        #[doc = concat!("Elementwise `", stringify!($name), "` comparison (bool result).")]
+        #[track_caller]
+        pub fn $name<'a>(&self, o: impl Into<Operand<'a>>) -> Tensor {
+            self.compare(o.into(), CmpOp::$op).unwrap_or_else(|e| panic!("{e}"))
+        }
+    )*};
+}
+
 impl Tensor {
     /// Records `op` over `inputs`, inferring the result type; a type error names the op, the
     /// operand types and the caller's line.
@@ -307,45 +330,15 @@ impl Tensor {
         self.try_minimum(o).unwrap_or_else(|e| panic!("{e}"))
     }
 
-    #[track_caller]
-    pub fn neg(&self) -> Tensor {
-        self.unary_op(UnaryOp::Neg, "Neg")
-            .unwrap_or_else(|e| panic!("{e}"))
-    }
-    #[track_caller]
-    pub fn exp(&self) -> Tensor {
-        self.unary_op(UnaryOp::Exp, "Exp")
-            .unwrap_or_else(|e| panic!("{e}"))
-    }
-    #[track_caller]
-    pub fn log(&self) -> Tensor {
-        self.unary_op(UnaryOp::Log, "Log")
-            .unwrap_or_else(|e| panic!("{e}"))
-    }
-    #[track_caller]
-    pub fn sqrt(&self) -> Tensor {
-        self.unary_op(UnaryOp::Sqrt, "Sqrt")
-            .unwrap_or_else(|e| panic!("{e}"))
-    }
-    #[track_caller]
-    pub fn reciprocal(&self) -> Tensor {
-        self.unary_op(UnaryOp::Recip, "Reciprocal")
-            .unwrap_or_else(|e| panic!("{e}"))
-    }
-    #[track_caller]
-    pub fn abs(&self) -> Tensor {
-        self.unary_op(UnaryOp::Abs, "Abs")
-            .unwrap_or_else(|e| panic!("{e}"))
-    }
-    #[track_caller]
-    pub fn tanh(&self) -> Tensor {
-        self.unary_op(UnaryOp::Tanh, "Tanh")
-            .unwrap_or_else(|e| panic!("{e}"))
-    }
-    #[track_caller]
-    pub fn sigmoid(&self) -> Tensor {
-        self.unary_op(UnaryOp::Sigmoid, "Sigmoid")
-            .unwrap_or_else(|e| panic!("{e}"))
+    unary_methods! {
+        neg => Neg, "Neg";
+        exp => Exp, "Exp";
+        log => Log, "Log";
+        sqrt => Sqrt, "Sqrt";
+        reciprocal => Recip, "Reciprocal";
+        abs => Abs, "Abs";
+        tanh => Tanh, "Tanh";
+        sigmoid => Sigmoid, "Sigmoid";
     }
     #[track_caller]
     pub fn square(&self) -> Tensor {
@@ -394,35 +387,13 @@ impl Tensor {
     pub fn try_eq<'a>(&self, o: impl Into<Operand<'a>>) -> Result<Tensor> {
         self.compare(o.into(), CmpOp::Eq)
     }
-    #[track_caller]
-    pub fn eq<'a>(&self, o: impl Into<Operand<'a>>) -> Tensor {
-        self.compare(o.into(), CmpOp::Eq)
-            .unwrap_or_else(|e| panic!("{e}"))
-    }
-    #[track_caller]
-    pub fn ne<'a>(&self, o: impl Into<Operand<'a>>) -> Tensor {
-        self.compare(o.into(), CmpOp::Ne)
-            .unwrap_or_else(|e| panic!("{e}"))
-    }
-    #[track_caller]
-    pub fn lt<'a>(&self, o: impl Into<Operand<'a>>) -> Tensor {
-        self.compare(o.into(), CmpOp::Lt)
-            .unwrap_or_else(|e| panic!("{e}"))
-    }
-    #[track_caller]
-    pub fn le<'a>(&self, o: impl Into<Operand<'a>>) -> Tensor {
-        self.compare(o.into(), CmpOp::Le)
-            .unwrap_or_else(|e| panic!("{e}"))
-    }
-    #[track_caller]
-    pub fn gt<'a>(&self, o: impl Into<Operand<'a>>) -> Tensor {
-        self.compare(o.into(), CmpOp::Gt)
-            .unwrap_or_else(|e| panic!("{e}"))
-    }
-    #[track_caller]
-    pub fn ge<'a>(&self, o: impl Into<Operand<'a>>) -> Tensor {
-        self.compare(o.into(), CmpOp::Ge)
-            .unwrap_or_else(|e| panic!("{e}"))
+    compare_methods! {
+        eq => Eq;
+        ne => Ne;
+        lt => Lt;
+        le => Le;
+        gt => Gt;
+        ge => Ge;
     }
 
     /// Converts the element type (`.to(dtype)`): float to int truncates toward zero.
