@@ -403,14 +403,34 @@ fn windows(
 pub fn try_max_pool(x: &Tensor, nd: usize, o: &PoolOpts<'_>) -> Result<Tensor> {
     let unbatched = x.ndim() == nd + 1;
     let ws = windows("max_pool", x, nd, o, f64::NEG_INFINITY)?;
-    let mut m = ws[0].clone();
-    for w in &ws[1..] {
-        let take = w.gt(&m);
-        m = where_labeled(&take, w, &m, "MaxPool");
-        let nan = w.ne(w);
-        m = where_labeled(&nan, w, &m, "MaxPool");
+    // The position in the window of the element that wins, computed once without gradient:
+    // `idx_j = where(w_j > m || isnan(w_j), j, idx_{j-1})`. The output then selects by it,
+    // `y = where(idx == 0, w_0, where(idx == 1, w_1, ...))`, so the gradient of window slot
+    // `j` is `where(idx == j, dy, 0)`: the backward pass reads one small index tensor instead
+    // of re-running the comparison chain for every input element (and the compiler
+    // materialises `idx` once, shared by the forward and backward kernels).
+    let idx = {
+        let _g = NoGradGuard::new();
+        let mut m = ws[0].detach();
+        let mut idx = Tensor::constant(0.0, DType::F32, Vec::new());
+        for (j, w) in ws.iter().enumerate().skip(1) {
+            let w = w.detach();
+            let slot = Tensor::constant(j as f64, DType::F32, Vec::new());
+            let take = w.gt(&m);
+            m = where_labeled(&take, &w, &m, "MaxPool");
+            idx = where_labeled(&take, &slot, &idx, "MaxPool");
+            let nan = w.ne(&w);
+            m = where_labeled(&nan, &w, &m, "MaxPool");
+            idx = where_labeled(&nan, &slot, &idx, "MaxPool");
+        }
+        idx
+    };
+    let last = ws.len() - 1;
+    let mut y = ws[last].clone();
+    for j in (0..last).rev() {
+        y = where_labeled(&idx.eq(j as f64), &ws[j], &y, "MaxPool");
     }
-    Ok(if unbatched { m.squeeze(0) } else { m })
+    Ok(if unbatched { y.squeeze(0) } else { y })
 }
 
 #[track_caller]

@@ -1,6 +1,6 @@
 //! Dumps (`KILN_DUMP`, `KILN_DUMP_DIR`) and the per-kernel timing table (`KILN_PROFILE`).
 //!
-//! `KILN_DUMP=ir,sched,kernels,clif` (or `all`) writes, for every program compiled, the graph
+//! `KILN_DUMP=ir,sched,kernels,clif,asm` (or `all`) writes, for every program compiled, the graph
 //! in the IR's text form, the schedule (which nodes each kernel fuses, buffers and their
 //! storage), the kernel IR and the Cranelift IR. With `KILN_DUMP_DIR=dir` each goes to
 //! `dir/prog-<key hash>.<what>.txt`; otherwise it is logged (`log::info!`, target
@@ -21,6 +21,8 @@ pub struct DumpFlags {
     pub sched: bool,
     pub kernels: bool,
     pub clif: bool,
+    /// The machine code Cranelift produced, disassembled.
+    pub asm: bool,
 }
 
 impl DumpFlags {
@@ -36,17 +38,21 @@ impl DumpFlags {
                 "sched" | "schedule" => f.sched = true,
                 "kernels" | "kernel" => f.kernels = true,
                 "clif" => f.clif = true,
+                "asm" | "disasm" => f.asm = true,
                 "all" => {
                     f = DumpFlags {
                         ir: true,
                         sched: true,
                         kernels: true,
                         clif: true,
+                        asm: true,
                     }
                 }
                 "" => {}
                 other => {
-                    log::warn!("KILN_DUMP: unknown dump `{other}` (ir, sched, kernels, clif, all)")
+                    log::warn!(
+                        "KILN_DUMP: unknown dump `{other}` (ir, sched, kernels, clif, asm, all)"
+                    )
                 }
             }
         }
@@ -54,7 +60,7 @@ impl DumpFlags {
     }
 
     pub fn any(self) -> bool {
-        self.ir || self.sched || self.kernels || self.clif
+        self.ir || self.sched || self.kernels || self.clif || self.asm
     }
 }
 
@@ -78,7 +84,7 @@ pub fn report(target: &str, text: &str) {
     }
 }
 
-/// Writes one dump of program `prog` (`what`: ir, sched, kernels, clif).
+/// Writes one dump of program `prog` (`what`: ir, sched, kernels, clif, asm).
 pub fn write(prog: &str, what: &str, text: &str) {
     match std::env::var("KILN_DUMP_DIR") {
         Ok(dir) if !dir.is_empty() => {

@@ -26,6 +26,7 @@ pub mod memory;
 pub mod models;
 pub mod program;
 pub mod schedule;
+pub mod split;
 
 pub use cache::{stats as cache_stats, CacheStats};
 pub use program::Program;

@@ -59,6 +59,8 @@ pub struct Compiled {
     pub(crate) id: String,
     pub(crate) schedule_text: String,
     pub(crate) clif: Vec<String>,
+    /// Disassembly of the JIT's machine code (only with `KILN_DUMP=asm`).
+    pub(crate) asm: Vec<String>,
     /// Temporaries kept between runs.
     pub(crate) pool: crate::memory::TempPool,
     /// Keeps the machine code alive; declared last so it is dropped after `steps`.
@@ -70,9 +72,9 @@ pub struct Compiled {
 pub struct Program {
     compiled: Arc<Compiled>,
     /// The node bound to each input storage, in the graph it was compiled from.
-    input_nodes: Vec<NodeId>,
+    pub(crate) input_nodes: Vec<NodeId>,
     /// Nodes declared bound that the program does not need, with their types.
-    unused_bound: HashMap<NodeId, TensorType>,
+    pub(crate) unused_bound: HashMap<NodeId, TensorType>,
 }
 
 fn internal(msg: impl std::fmt::Display) -> IrError {
@@ -140,6 +142,11 @@ fn optimize_needed(graph: &Graph, canon: &Canon, dump_ir: bool) -> Result<Optimi
         ..PassOptions::backend()
     };
     let report = kiln_ir::passes::optimize(&mut g, &opts)?;
+    // Backend rewrite (reassociates float sums, so not one of the exact IR passes).
+    let split = crate::split::split_reductions(&mut g)?;
+    if split > 0 {
+        log::debug!("split {split} large reduction(s) into two parallel stages");
+    }
     // The passes keep the ids of inputs and params and follow outputs; check both.
     let wanted = (0..canon.wanted.len())
         .map(|k| {
@@ -296,7 +303,7 @@ fn compile_graph(graph: &Graph, canon: &Canon, id: &str, flags: DumpFlags) -> Re
     }
 
     let kernels: Vec<&Kernel> = steps.iter().map(|s| &s.kernel).collect();
-    let jit = cpu::compile(&kernels, flags.clif).map_err(internal)?;
+    let jit = cpu::compile(&kernels, flags.clif, flags.asm).map_err(internal)?;
     for (s, f) in steps.iter_mut().zip(&jit.fns) {
         s.func = *f;
     }
@@ -322,6 +329,7 @@ fn compile_graph(graph: &Graph, canon: &Canon, id: &str, flags: DumpFlags) -> Re
         id,
         schedule_text,
         clif: jit.clif,
+        asm: jit.asm,
         pool: Default::default(),
         _code: Some(jit.code),
     };
@@ -336,6 +344,9 @@ fn compile_graph(graph: &Graph, canon: &Canon, id: &str, flags: DumpFlags) -> Re
     }
     if flags.clif {
         dump::write(&compiled.id, "clif", &compiled.clif.join("\n"));
+    }
+    if flags.asm {
+        dump::write(&compiled.id, "asm", &compiled.asm.join("\n"));
     }
     Ok(compiled)
 }
@@ -663,7 +674,10 @@ impl Program {
     }
 
     /// The inputs in storage order, after checking every binding.
-    fn inputs<'a>(&self, bindings: &HashMap<NodeId, &'a Literal>) -> Result<Vec<&'a Literal>> {
+    pub(crate) fn inputs<'a>(
+        &self,
+        bindings: &HashMap<NodeId, &'a Literal>,
+    ) -> Result<Vec<&'a Literal>> {
         let mut sorted: Vec<(&NodeId, &&Literal)> = bindings.iter().collect();
         sorted.sort_by_key(|(id, _)| **id);
         for (&id, &lit) in sorted {
@@ -726,5 +740,12 @@ impl Program {
     /// A short id of the program's structural key (used in dump file names).
     pub fn id(&self) -> &str {
         &self.compiled.id
+    }
+
+    /// The compiled program as cached (shared by structurally identical graphs); the GPU
+    /// backend builds its programs from it.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub(crate) fn compiled(&self) -> &Arc<Compiled> {
+        &self.compiled
     }
 }

@@ -58,7 +58,7 @@ impl Schedule {
 }
 
 /// Above this inlined cost a node used more than once gets its own buffer.
-const SHARED_COST: u32 = 3;
+const SHARED_COST: u32 = 7;
 /// Above this inlined cost any node gets its own buffer (bounds kernel size).
 const MAX_INLINE_COST: u32 = 48;
 /// Above this many inlined nodes any node gets its own buffer.
@@ -203,8 +203,14 @@ pub fn schedule(graph: &Graph, canon: &Canon) -> Result<Schedule> {
         };
     }
     // A node inlined into several kernels is computed by each: above a small cost, give it a
-    // buffer instead. Users come after their operands in the order, so walking it backwards
-    // knows every user's kernels before deciding on a node.
+    // buffer instead. First the kernels (roots) each inlined node ends up in, walking the order
+    // backwards (users come after their operands). Then, walking forwards so that producers
+    // decide before their users, a shared node at the *frontier* of its sharing (some user
+    // lies in a different set of kernels, is a kernel, or there are several users, each of
+    // which would get a copy) gets a buffer if what it computes,
+    // given the buffers chosen so far, costs more than `SHARED_COST`. Deciding producers
+    // first puts the buffer on the expensive shared part (the max-pool's winner index), not
+    // on each cheap consumer of it (the comparisons with it), which would each recompute it.
     let mut roots: Vec<Vec<usize>> = vec![Vec::new(); n];
     for i in (0..n).rev() {
         match place[i] {
@@ -216,16 +222,45 @@ pub fn schedule(graph: &Graph, canon: &Canon) -> Result<Schedule> {
                     .collect();
                 r.sort_unstable();
                 r.dedup();
-                if r.len() > 1 && cost[i] > SHARED_COST {
-                    place[i] = Placement::Kernel;
-                    kernels.push(i);
-                    roots[i] = vec![i];
-                } else {
-                    roots[i] = r;
-                }
+                roots[i] = r;
             }
             _ => {}
         }
+    }
+    let mut inlined_now: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for i in 0..n {
+        if place[i] != Placement::Inline {
+            continue;
+        }
+        let id = canon.order[i];
+        let mut set = vec![i];
+        for o in graph.operands(id) {
+            let o = canon.number[&o];
+            if place[o] == Placement::Inline {
+                set.extend_from_slice(&inlined_now[o]);
+            }
+        }
+        set.sort_unstable();
+        set.dedup();
+        let mut distinct_users = users[i].clone();
+        distinct_users.dedup();
+        let frontier = roots[i].len() > 1
+            && match distinct_users[..] {
+                [u] => place[u] != Placement::Inline || roots[u] != roots[i],
+                _ => true,
+            };
+        if frontier {
+            let c: u32 = set
+                .iter()
+                .map(|&j| op_cost(&graph.node(canon.order[j]).op))
+                .sum();
+            if c > SHARED_COST {
+                place[i] = Placement::Kernel;
+                kernels.push(i);
+                continue;
+            }
+        }
+        inlined_now[i] = set;
     }
     kernels.sort_unstable();
     Ok(Schedule { place, kernels })

@@ -367,6 +367,12 @@ fn conv_family_matches_interpreter_f64() {
 }
 
 /// Larger cases: many tiles per image, channel blocks split across threads, and 1x1 kernels.
+fn p3_pad1() -> ConvParams {
+    let mut p = ConvParams::new(3);
+    p.padding = vec![1; 3];
+    p
+}
+
 #[test]
 fn conv_family_larger_cases() {
     let mut rng = Rng(42);
@@ -399,6 +405,32 @@ fn conv_family_larger_cases() {
         ConvCase {
             x: vec![2, 5, 7, 9],
             w: vec![3, 5, 1, 1],
+            p: ConvParams::new(2),
+        },
+        // Enough positions (and, for the weight gradient, output channels) for the wide
+        // AVX-512 kernel (`contract::wide`), with ragged tiles and row blocks: 66 output
+        // channels (11 blocks of 6), 630 positions (tiles of 256 + a 118-wide tail).
+        ConvCase {
+            x: vec![2, 5, 9, 10, 7],
+            w: vec![66, 5, 3, 3, 3],
+            p: p3_pad1(),
+        },
+        // Two groups of 65 output channels, dilation 2 with padding 2 (the transposed
+        // convolution then runs as a forward one with padding 2).
+        ConvCase {
+            x: vec![1, 4, 17, 19],
+            w: vec![130, 2, 3, 3],
+            p: ConvParams {
+                padding: vec![2, 2],
+                dilation: vec![2, 2],
+                groups: 2,
+                ..ConvParams::new(2)
+            },
+        },
+        // Pointwise with many positions.
+        ConvCase {
+            x: vec![2, 7, 20, 21],
+            w: vec![64, 7, 1, 1],
             p: ConvParams::new(2),
         },
     ];

@@ -264,3 +264,18 @@ fn strided_slice_gradients_split_into_residue_classes() {
     strided_gradient(DType::F32, &[9, 13], &[2, 4], &[2, 4], 0);
     strided_gradient(DType::F64, &[3, 17, 5], &[1, 4, 1], &[1, 2, 1], 0);
 }
+
+/// Reductions with few outputs over many elements are split into two parallel stages
+/// (`kiln_codegen::split`): full sums and maxima, one over an axis without a divisor in
+/// 8..=64 (kept whole), and a bias-gradient-like sum over all axes but one.
+#[test]
+fn large_reductions_split_in_two_stages() {
+    run(&[(DType::F32, &[3, 1 << 16]), (DType::F32, &[67, 1031])], |g, x| {
+        let e = g.unary(UnaryOp::Tanh, x[0]).unwrap();
+        let full = g.reduce(ReduceOp::Sum, e, vec![0, 1]).unwrap();
+        let max = g.reduce(ReduceOp::Max, x[0], vec![0, 1]).unwrap();
+        let rows = g.reduce(ReduceOp::Sum, x[0], vec![1]).unwrap();
+        let prime = g.reduce(ReduceOp::Sum, x[1], vec![0, 1]).unwrap();
+        vec![full, max, rows, prime]
+    });
+}

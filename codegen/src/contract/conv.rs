@@ -2,7 +2,7 @@
 
 use super::im2col::{pack, scatter_add, TilePlan};
 use super::{
-    check_len, checked_numel, finish_map, finish_run, gemm_into, gemm_threads, internal, run_items,
+    wide, check_len, checked_numel, finish_map, finish_run, gemm_into, gemm_threads, internal, run_items,
     Config, ContractError, Epilogue, Float, MatMut, MatRef, Result,
 };
 use kiln_ir::shape::{strides, unravel};
@@ -198,10 +198,72 @@ impl ConvGeometry {
             * self.cxg as f64
             * self.k_sp as f64
     }
+    /// For stride 1 and no output padding, `conv_transpose` is a forward convolution of `Y`
+    /// with the flipped, channel-swapped weight (see [`flip_weight`]) and padding
+    /// `p' = d(K-1) - p`: substituting `t' = K-1-t` in
+    /// `X[ci, i] = sum_{co,t} Y[co, i - t d + p] W[co, ci, t]` gives
+    /// `X[ci, i] = sum_{co,t'} Y[co, i + t' d - p'] W'[ci, co, t']`. Running it as `conv`
+    /// contracts over `Cy * taps` (a deep GEMM) instead of over `Cy` followed by a col2im
+    /// scatter. `None` when the geometry does not allow it (a stride above 1, `p > d(K-1)`,
+    /// output padding, or a 1x1 kernel, which needs no scatter anyway).
+    fn transpose_as_conv(&self) -> Result<Option<ConvGeometry>> {
+        if self.pointwise || self.stride.iter().any(|&s| s != 1) {
+            return Ok(None);
+        }
+        let nd = self.kernel.len();
+        let mut padding = Vec::with_capacity(nd);
+        for j in 0..nd {
+            let span = self.dilation[j] * (self.kernel[j] - 1);
+            if self.padding[j] > span
+                || self.x_size[j] + 2 * self.padding[j] != self.y_size[j] + span
+            {
+                return Ok(None);
+            }
+            padding.push(span - self.padding[j]);
+        }
+        let params = ConvParams {
+            stride: vec![1; nd],
+            padding,
+            dilation: self.dilation.clone(),
+            groups: self.groups,
+            output_padding: vec![0; nd],
+        };
+        let w_shape = [vec![self.x_channels, self.cyg], self.kernel.clone()].concat();
+        let fwd = ConvGeometry::conv(&self.y_shape(), &w_shape, &params)?;
+        if fwd.y_shape() != self.x_shape() {
+            return Err(internal(format!(
+                "conv_transpose as conv: result {:?}, expected {:?}",
+                fwd.y_shape(),
+                self.x_shape()
+            )));
+        }
+        Ok(Some(fwd))
+    }
+
     /// Rows of one group's column matrix: `Cx/G * taps`.
     fn kk(&self) -> usize {
         self.cxg * self.k_sp
     }
+}
+
+/// The weight of the forward convolution equivalent to `conv_transpose` (stride 1):
+/// `W'[g*cxg + ci, co, t'] = W[g*cyg + co, ci, K-1-t']` (output and input channels swapped
+/// within each group, taps reversed), shape `[Cx, Cy/G, k...]`.
+fn flip_weight<T: Float>(g: &ConvGeometry, w: &[T]) -> Vec<T> {
+    let (cxg, cyg, k_sp) = (g.cxg, g.cyg, g.k_sp);
+    let mut out = vec![T::ZERO; g.w_numel];
+    for grp in 0..g.groups {
+        for co in 0..cyg {
+            for ci in 0..cxg {
+                let src = ((grp * cyg + co) * cxg + ci) * k_sp;
+                let dst = ((grp * cxg + ci) * cyg + co) * k_sp;
+                for t in 0..k_sp {
+                    out[dst + k_sp - 1 - t] = w[src + t];
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Result type of a conv-family op from the IR's shape rule.
@@ -376,7 +438,23 @@ pub fn conv<T: Float>(
     }
     // y is not empty: batch, cy (so cyg and groups) and y_sp are positive.
     let (kk, cyg, y_sp) = (g.kk(), g.cyg, g.y_sp);
-    let plans = Plans::new(g, tile_width(kk, y_sp, cfg.tile_elems), cfg)?;
+    // f32 on AVX-512: each group's weight packed once for the wide GEMM (few output channels,
+    // many positions), and tiles of at least WIDE_TILE positions so that it runs on full
+    // vectors; otherwise the `gemm` crate per tile.
+    let wide_w: Option<Vec<wide::PackedA>> = match T::as_f32(w) {
+        Some(w32) if wide::applies(cyg, WIDE_TILE.min(y_sp), kk, 1) && y_sp >= WIDE_TILE => Some(
+            (0..g.groups)
+                .map(|grp| wide::PackedA::new(cyg, kk, |i, p| w32[(grp * cyg + i) * kk + p]))
+                .collect(),
+        ),
+        _ => None,
+    };
+    let width = if wide_w.is_some() {
+        tile_width(kk, y_sp, cfg.tile_elems).max(WIDE_TILE).min(y_sp)
+    } else {
+        tile_width(kk, y_sp, cfg.tile_elems)
+    };
+    let plans = Plans::new(g, width, cfg)?;
     let (tw, ntiles) = (plans.tw, plans.ntiles);
     let mut items: Vec<ConvItem<T>> = Vec::with_capacity(g.batch * g.groups * ntiles);
     for (ng, block) in y.chunks_mut(cyg * y_sp).enumerate() {
@@ -462,7 +540,11 @@ pub fn conv<T: Float>(
                     cols: width,
                     rs: y_sp,
                 };
-                gemm_into(dst, epi.accumulate || epi.bias.is_some(), w_g, col, par)?;
+                let accumulate = epi.accumulate || epi.bias.is_some();
+                match &wide_w {
+                    Some(packed) => wide_into(&packed[it.group], dst, accumulate, col, par)?,
+                    None => gemm_into(dst, accumulate, w_g, col, par)?,
+                }
                 for (a, row) in block.chunks_mut(y_sp).enumerate() {
                     finish_map(row, epi, offset(a));
                 }
@@ -475,7 +557,10 @@ pub fn conv<T: Float>(
                     cols: width,
                     rs: width,
                 };
-                gemm_into(dst, false, w_g, col, par)?;
+                match &wide_w {
+                    Some(packed) => wide_into(&packed[it.group], dst, false, col, par)?,
+                    None => gemm_into(dst, false, w_g, col, par)?,
+                }
                 for (a, piece) in rows.into_iter().enumerate() {
                     if piece.len() != width {
                         return Err(internal("conv: tile pieces do not match the tile"));
@@ -487,6 +572,43 @@ pub fn conv<T: Float>(
         }
         Ok(())
     })
+}
+
+/// `dst[p * rows + r] = src[r * src_rs + p]` for `r < rows`, `p < cols`, in 16 x 16 blocks.
+fn transpose_into<T: Float>(src: &[T], rows: usize, cols: usize, src_rs: usize, dst: &mut [T]) {
+    const B: usize = 16;
+    for r0 in (0..rows).step_by(B) {
+        for p0 in (0..cols).step_by(B) {
+            for r in r0..(r0 + B).min(rows) {
+                let row = &src[r * src_rs..];
+                for p in p0..(p0 + B).min(cols) {
+                    dst[p * rows + r] = row[p];
+                }
+            }
+        }
+    }
+}
+
+/// Fewest positions per tile when the forward convolution runs on [`wide`]: four of its
+/// 64-column blocks, so that packing the im2col tile is amortised over full vectors.
+const WIDE_TILE: usize = 256;
+
+/// `dst (+)= packed · col` on the wide f32 kernel (the caller checked that `T` is `f32`).
+fn wide_into<T: Float>(
+    packed: &wide::PackedA,
+    dst: MatMut<'_, T>,
+    accumulate: bool,
+    col: MatRef<'_, T>,
+    par: usize,
+) -> Result<()> {
+    let (Some(b), Some(c)) = (T::as_f32(col.data), T::as_f32_mut(dst.data)) else {
+        return Err(internal("wide conv: not f32"));
+    };
+    if col.cs != 1 {
+        return Err(internal("wide conv: column tile with a column stride"));
+    }
+    let c_rs = if dst.rows == 1 { dst.rs.max(dst.cols) } else { dst.rs };
+    wide::gemm(packed, dst.cols, b, col.rs, c, c_rs, accumulate, par).map_err(internal)
 }
 
 /// One work item of [`conv_transpose`]: a block of result channels of one (image, group),
@@ -520,6 +642,10 @@ pub fn conv_transpose<T: Float>(
     epi.check(g.x_channels)?;
     if dx.is_empty() {
         return Ok(());
+    }
+    if let Some(fwd) = g.transpose_as_conv()? {
+        let flipped = flip_weight(g, w);
+        return conv(&fwd, dy, &flipped, dx, epi, cfg);
     }
     // dx is not empty: batch, cx (so cxg and groups) and x_sp are positive.
     let (kk, k_sp, cxg, cyg, x_sp, y_sp) = (g.kk(), g.k_sp, g.cxg, g.cyg, g.x_sp, g.y_sp);
@@ -631,6 +757,9 @@ pub fn conv_transpose<T: Float>(
     })
 }
 
+/// Most rows (input channels x taps) of one [`conv_weight`] block.
+const WEIGHT_ROWS: usize = 256;
+
 /// One work item of [`conv_weight`]: a block of weight columns (input channels `c0..c0+nch`
 /// of the group, all taps) summed over the images `n0..n1`.
 #[derive(Clone, Copy)]
@@ -666,7 +795,12 @@ pub fn conv_weight<T: Float>(
     }
     // dw is not empty: cy (so groups, cyg), cxg and the taps are positive.
     let (kk, k_sp, cxg, cyg) = (g.kk(), g.k_sp, g.cxg, g.cyg);
-    let blocks = channel_blocks(cxg, g.groups, cfg.threads);
+    // Enough channel blocks for the threads, and blocks of at most WEIGHT_ROWS rows, so that
+    // a tile of `tile_elems` is wide: each GEMM then contracts over many positions per pass
+    // over its (rows x cyg) accumulator, instead of re-reading it every few dozen.
+    let blocks = channel_blocks(cxg, g.groups, cfg.threads)
+        .max(kk.div_ceil(WEIGHT_ROWS))
+        .clamp(1, cxg.max(1));
     let splits = if cfg.threads > 1 && g.groups * blocks < cfg.threads {
         cfg.threads.min(g.batch).max(1)
     } else {
@@ -700,6 +834,12 @@ pub fn conv_weight<T: Float>(
         None
     };
     let par = gemm_threads(items.len(), cfg.threads);
+    // f32 on AVX-512: the block's gradient as `dY · Col^T` on the wide kernel, its result
+    // `[cyg, kc]` (row a: output channel a) instead of the transposed one.
+    // Each packed element (im2col, then transposed) feeds `cyg` multiply-adds, so below 64
+    // output channels the packing costs more than the faster kernel saves (measured on the
+    // U-Net's 32- and 64-channel layers).
+    let wide_ok = T::as_f32(x).is_some() && cyg >= 64 && wide::applies(cyg, 64, 1, 1);
     let work = |s: &mut Scratch<T>, it: WeightItem| -> Result<Vec<T>> {
         let kc = it.nch * k_sp;
         let mut acc = vec![T::ZERO; cyg * kc];
@@ -724,6 +864,25 @@ pub fn conv_weight<T: Float>(
                     pack(g, plan, x_blk, it.nch, col)?;
                     &*col
                 };
+                if wide_ok {
+                    // dW_block += dY · Col^T on the wide kernel: dY's `cyg` rows are few,
+                    // the block's `kc` columns many; Col^T is made contiguous first.
+                    let col_rs = if g.pointwise { g.x_sp } else { width };
+                    let col_t = sized(&mut s.buf, width * kc);
+                    transpose_into(col, kc, width, col_rs, col_t);
+                    let dy_tile = tail(dy_data, o0)?;
+                    let (Some(dy32), Some(b), Some(c)) = (
+                        T::as_f32(dy_tile),
+                        T::as_f32(col_t),
+                        T::as_f32_mut(&mut acc),
+                    ) else {
+                        return Err(internal("wide conv_weight: not f32"));
+                    };
+                    let a = wide::PackedA::new(cyg, width, |i, p| dy32[i * y_sp + p]);
+                    wide::gemm(&a, kc, b, kc, c, kc, !first, par).map_err(internal)?;
+                    first = false;
+                    continue;
+                }
                 // dW_block^T += Col · dY^T: with the result's rows along the (long) column
                 // dimension, gemm packs both operands efficiently (measured: up to 4x faster
                 // than dW_block = dY · Col^T for tiles of 256+ columns).
@@ -787,7 +946,11 @@ pub fn conv_weight<T: Float>(
                 .get_mut(offset..offset + kc)
                 .ok_or_else(|| internal("conv_weight: block past the result"))?;
             run.clear();
-            run.extend(sum.iter().skip(a).step_by(cyg.max(1)).take(kc));
+            if wide_ok {
+                run.extend_from_slice(&sum[a * kc..(a + 1) * kc]);
+            } else {
+                run.extend(sum.iter().skip(a).step_by(cyg.max(1)).take(kc));
+            }
             let bias = epi.bias.and_then(|b| b.get(co).copied());
             finish_run(piece, &run, bias, epi, offset);
         }

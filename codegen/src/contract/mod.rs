@@ -57,6 +57,7 @@ mod matmul;
 
 pub use conv::{conv, conv_transpose, conv_weight, ConvGeometry};
 pub use matmul::{matmul, MatMulShape};
+pub(crate) mod wide;
 
 use kiln_ir::Op;
 
@@ -110,16 +111,31 @@ pub trait Float:
 {
     const ZERO: Self;
     const ONE: Self;
+    /// The slice as `f32`s, for the kernels written for `f32` only ([`wide`]).
+    fn as_f32(s: &[Self]) -> Option<&[f32]>;
+    fn as_f32_mut(s: &mut [Self]) -> Option<&mut [f32]>;
 }
 
 impl Float for f32 {
     const ZERO: f32 = 0.0;
     const ONE: f32 = 1.0;
+    fn as_f32(s: &[f32]) -> Option<&[f32]> {
+        Some(s)
+    }
+    fn as_f32_mut(s: &mut [f32]) -> Option<&mut [f32]> {
+        Some(s)
+    }
 }
 
 impl Float for f64 {
     const ZERO: f64 = 0.0;
     const ONE: f64 = 1.0;
+    fn as_f32(_: &[f64]) -> Option<&[f32]> {
+        None
+    }
+    fn as_f32_mut(_: &mut [f64]) -> Option<&mut [f32]> {
+        None
+    }
 }
 
 /// A callback on one finished run of output elements: `(flat offset of the run's first element
@@ -258,7 +274,10 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             threads: rayon::current_num_threads().max(1),
-            tile_elems: 64 * 1024,
+            tile_elems: std::env::var("KILN_TILE")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(64 * 1024),
             shared_plan_moves: 1 << 20,
         }
     }
@@ -490,6 +509,20 @@ fn gemm_into<T: Float>(
             }
         }
         return Ok(());
+    }
+    if wide::applies(m, n, k, rhs.cs) {
+        if let (Some(a), Some(b), Some(c)) = (
+            T::as_f32(lhs.data),
+            T::as_f32(rhs.data),
+            T::as_f32_mut(dst.data),
+        ) {
+            let (lrs, lcs) = (lhs.rs, lhs.cs);
+            let packed = wide::PackedA::new(m, k, |i, p| a[i * lrs + p * lcs]);
+            // One row: any row stride will do; the wide kernel wants one of at least n.
+            let c_rs = if m == 1 { dst.rs.max(n) } else { dst.rs };
+            wide::gemm(&packed, n, b, rhs.rs, c, c_rs, accumulate, par).map_err(internal)?;
+            return Ok(());
+        }
     }
     let dst_rs = stride_isize(dst.rs, m)?;
     let (lhs_rs, lhs_cs) = (stride_isize(lhs.rs, m)?, stride_isize(lhs.cs, k)?);

@@ -40,6 +40,8 @@ pub struct Emitter<'a, 'b> {
     k: &'a Kernel,
     funcs: &'a HashMap<&'static str, FuncRef>,
     extern_math: bool,
+    /// Whether the target has FMA (used by the math polynomials).
+    fma: bool,
     bases: Vec<Value>,
     vars: Vec<Option<Value>>,
     scal: Vec<Option<Value>>,
@@ -57,6 +59,7 @@ pub fn emit_kernel(
     k: &Kernel,
     funcs: &HashMap<&'static str, FuncRef>,
     extern_math: bool,
+    fma: bool,
     config: cranelift_codegen::isa::TargetFrontendConfig,
 ) -> R<()> {
     let Body::Loops(stmts) = &k.body else {
@@ -78,6 +81,7 @@ pub fn emit_kernel(
         k,
         funcs,
         extern_math,
+        fma,
         bases,
         vars: vec![None; k.vars.len()],
         scal: vec![None; k.vals.len()],
@@ -532,6 +536,7 @@ impl Emitter<'_, '_> {
                 let mut m = Lanes {
                     b: &mut *self.b,
                     fty: ty,
+                    fma: self.fma,
                 };
                 match u {
                     UnaryOp::Exp => m.exp(x),

@@ -59,6 +59,8 @@ pub struct Compiled {
     pub fns: Vec<Option<KernelFn>>,
     /// The Cranelift IR of each kernel (if asked for; before optimisation).
     pub clif: Vec<String>,
+    /// The machine code of each loop-nest kernel, disassembled (if asked for).
+    pub asm: Vec<String>,
 }
 
 fn err(what: &str, e: impl std::fmt::Display) -> String {
@@ -71,7 +73,7 @@ pub fn extern_math() -> bool {
 }
 
 /// Compiles the loop-nest kernels of a program.
-pub fn compile(kernels: &[&Kernel], want_clif: bool) -> Result<Compiled, String> {
+pub fn compile(kernels: &[&Kernel], want_clif: bool, want_asm: bool) -> Result<Compiled, String> {
     let mut flags = settings::builder();
     let set =
         |f: &mut settings::Builder, k: &str, v: &str| f.set(k, v).map_err(|e| err("settings", e));
@@ -84,6 +86,12 @@ pub fn compile(kernels: &[&Kernel], want_clif: bool) -> Result<Compiled, String>
         .map_err(|e| err("host ISA", e))?
         .finish(settings::Flags::new(flags))
         .map_err(|e| err("ISA", e))?;
+    // Fused multiply-add for the math polynomials, where the CPU has it (else `fma` would be
+    // a libcall).
+    let fma = isa
+        .isa_flags()
+        .iter()
+        .any(|f| f.name == "has_fma" && f.as_bool() == Some(true));
     let mut jb = JITBuilder::with_isa(isa, default_libcall_names());
     let helpers = runtime::helpers();
     for h in &helpers {
@@ -115,6 +123,7 @@ pub fn compile(kernels: &[&Kernel], want_clif: bool) -> Result<Compiled, String>
     let mut fctx = FunctionBuilderContext::new();
     let mut ids: Vec<Option<FuncId>> = Vec::new();
     let mut clif = Vec::new();
+    let mut asm = Vec::new();
     for (i, k) in kernels.iter().enumerate() {
         if matches!(k.body, Body::Call(_)) {
             ids.push(None);
@@ -131,16 +140,24 @@ pub fn compile(kernels: &[&Kernel], want_clif: bool) -> Result<Compiled, String>
             funcs.insert(name, module.declare_func_in_func(hid, &mut ctx.func));
         }
         let b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
-        emit::emit_kernel(b, k, &funcs, extern_math, module.target_config())
+        emit::emit_kernel(b, k, &funcs, extern_math, fma, module.target_config())
             .map_err(|e| format!("kernel {}: {e}", k.name))?;
         if want_clif {
             clif.push(format!("; {}\n{}", k.name, ctx.func.display()));
         } else {
             clif.push(String::new());
         }
+        ctx.set_disasm(want_asm);
         module
             .define_function(id, &mut ctx)
             .map_err(|e| err(&format!("compiling kernel {}", k.name), format!("{e:?}")))?;
+        if want_asm {
+            let text = ctx
+                .compiled_code()
+                .and_then(|c| c.vcode.clone())
+                .unwrap_or_default();
+            asm.push(format!("; {}\n{text}", k.name));
+        }
         module.clear_context(&mut ctx);
         ids.push(Some(id));
     }
@@ -157,5 +174,6 @@ pub fn compile(kernels: &[&Kernel], want_clif: bool) -> Result<Compiled, String>
         },
         fns,
         clif,
+        asm,
     })
 }
