@@ -105,6 +105,9 @@ pub fn lower(
         Op::MatMul | Op::Conv(_) | Op::ConvTranspose(_) | Op::ConvWeight { .. } => {
             Body::Call(l.contraction()?)
         }
+        // An epilogue runs on flat runs of the contraction's output: one loop over the
+        // elements in row-major order (see `Lower::flat`).
+        _ if sched.epilogue_of(root).is_some() => l.flat()?,
         _ => {
             let plain = l.elementwise(&[])?;
             let split = l.residue_splits(&plain);
@@ -570,6 +573,24 @@ impl Lower<'_> {
         Ok(Body::Loops(Self::parallel(body)))
     }
 
+    /// `out[i] = root(i)` for the flat row-major index `i` in one parallel loop, so that the
+    /// kernel can run on any range of elements: the form of an epilogue, which the CPU calls
+    /// on each finished run of its contraction's output. Per-axis indices, where needed (a
+    /// bias's channel), are divisions and remainders of `i`.
+    fn flat(&mut self) -> Result<Body> {
+        let n = self.ty(self.root).numel();
+        let out = self.buf(self.root, Access::Write);
+        let v = self.new_var(n);
+        let value = self.eval(self.root, Form::Flat(Ix::var(v)), None)?;
+        self.body.push(Stmt::Store {
+            buf: out,
+            index: Ix::var(v),
+            value,
+        });
+        let body = std::mem::take(&mut self.body);
+        Ok(Body::Loops(Self::parallel(self.wrap(&[v], body))))
+    }
+
     /// The loops over axes `idx.len()..` of `shape` and the body storing the root.
     fn nest(
         &mut self,
@@ -817,7 +838,9 @@ impl Lower<'_> {
             })?;
             inputs[k] = self.buf(owner, Access::Read);
         }
-        let output = self.buf(self.root, Access::Write);
+        // Into its epilogue's buffer when fused (same shape and dtype).
+        let owner = self.sched.owner(self.root).unwrap_or(self.root);
+        let output = self.buf(owner, Access::Write);
         let (a, b) = (self.ty(ops[0]).shape.clone(), self.ty(ops[1]).shape.clone());
         let y = node.ty.shape.clone();
         let op = match &node.op {

@@ -11,10 +11,10 @@
 //! may run it at once, each with its own buffers.
 
 use crate::canon::{canonicalize, Canon};
-use crate::cpu::launch::{run_kernel, Prepared, RawBuf};
+use crate::cpu::launch::{self, run_fused, run_kernel, Prepared, RawBuf};
 use crate::cpu::{self, KernelFn};
 use crate::dump::{self, DumpFlags};
-use crate::kernel::{self, Access, Kernel};
+use crate::kernel::{self, Access, Body, Kernel};
 use crate::lower::lower;
 use crate::memory::{plan, MemoryPlan, Storage};
 use crate::schedule::{schedule, Placement};
@@ -24,7 +24,7 @@ use kiln_ir::{Data, Graph, IrError, Literal, Node, NodeId, Op, Result, TensorTyp
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// One kernel launch of a program.
 pub struct Step {
@@ -37,6 +37,9 @@ pub struct Step {
     pub fused: Vec<usize>,
     prep: Prepared,
     func: Option<KernelFn>,
+    /// For a contraction whose epilogue is the next step: that kernel's parameter that is
+    /// this kernel's output (the CPU runs both together, see `launch::run_fused`).
+    pub(crate) fuse_next: Option<usize>,
 }
 
 /// A program as cached: independent of node ids, it refers to nodes by canonical number.
@@ -259,9 +262,32 @@ fn compile_graph(graph: &Graph, canon: &Canon, id: &str, flags: DumpFlags) -> Re
             fused: l.fused,
             prep,
             func: None,
+            fuse_next: None,
         });
     }
-    let uses: Vec<(usize, Vec<usize>)> = steps.iter().map(|s| (s.root, s.args.clone())).collect();
+    // Contractions followed by their flat epilogue run fused (see `launch::run_fused`).
+    for i in 1..steps.len() {
+        let (before, after) = steps.split_at_mut(i);
+        let (c, e) = (&mut before[i - 1], &after[0]);
+        let Body::Call(call) = &c.kernel.body else {
+            continue;
+        };
+        if sched.place[c.root] != Placement::Into(e.root) {
+            continue;
+        }
+        let out = c.args[call.output.0 as usize];
+        c.fuse_next = e
+            .args
+            .iter()
+            .position(|&a| a == out)
+            .filter(|&j| launch::flat_only(&e.kernel, j));
+    }
+    // A contraction fused into an epilogue writes its epilogue's buffer: that buffer is
+    // allocated at the contraction's step.
+    let uses: Vec<(usize, Vec<usize>)> = steps
+        .iter()
+        .map(|s| (sched.owner(s.root).unwrap_or(s.root), s.args.clone()))
+        .collect();
     let mem = plan(graph, canon, &sched, &uses);
     // Kernels write only the buffers of nodes they compute: temporaries and results.
     for s in &steps {
@@ -380,6 +406,7 @@ fn schedule_text(
                 mem.storage[i].map_or("?".into(), |st| st.to_string())
             }
             Placement::Alias(o) => format!("alias of %{}", labels[*o]),
+            Placement::Into(o) => format!("into %{} (epilogue)", labels[*o]),
             Placement::Inline => continue,
         };
         let _ = writeln!(s, "  {:<40} {what}", node(i));
@@ -442,9 +469,8 @@ impl Compiled {
             .collect();
         let out_raw: Vec<RawBuf> = outputs.iter_mut().map(raw_of_mut).collect();
         let mut times = Vec::new();
-        for step in &self.steps {
-            let bufs: Vec<RawBuf> = step
-                .args
+        let bufs_of = |step: &Step| -> Result<Vec<RawBuf>> {
+            step.args
                 .iter()
                 .map(|&a| match self.mem.storage[a] {
                     Some(Storage::Input(k)) => Ok(input_raw[k]),
@@ -453,12 +479,33 @@ impl Compiled {
                     Some(Storage::Output(k)) => Ok(out_raw[k]),
                     None => Err(internal(format!("node {a} has no storage"))),
                 })
-                .collect::<Result<_>>()?;
+                .collect()
+        };
+        let mut i = 0;
+        while i < self.steps.len() {
+            let step = &self.steps[i];
+            let bufs = bufs_of(step)?;
             let t0 = profile.then(Instant::now);
-            run_kernel(&step.kernel, step.func, &step.prep, &bufs).map_err(internal)?;
+            match (step.fuse_next, self.steps.get(i + 1)) {
+                (Some(j), Some(epi)) if epi.func.is_some() => {
+                    let ebufs = bufs_of(epi)?;
+                    let ef = epi.func.ok_or_else(|| internal("epilogue not compiled"))?;
+                    run_fused(&step.kernel, &step.prep, &bufs, &epi.kernel, ef, &ebufs, j)
+                        .map_err(internal)?;
+                    if let Some(t0) = t0 {
+                        // The pair's time goes to the contraction; the epilogue shows 0.
+                        times.push(t0.elapsed());
+                        times.push(Duration::ZERO);
+                    }
+                    i += 2;
+                    continue;
+                }
+                _ => run_kernel(&step.kernel, step.func, &step.prep, &bufs).map_err(internal)?,
+            }
             if let Some(t0) = t0 {
                 times.push(t0.elapsed());
             }
+            i += 1;
         }
         if profile {
             self.report_times(&times);

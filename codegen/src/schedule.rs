@@ -18,7 +18,8 @@
 //!   row-major data): an alias, no kernel.
 //!
 //! Reductions consume their inlined elementwise producers (`sum(exp(x - m))` is one kernel);
-//! contraction epilogues are not fused yet (see [`crate::kernel::Call`]).
+//! a contraction's elementwise consumer becomes its epilogue when nothing else reads the
+//! contraction ([`fuse_epilogues`]).
 
 use crate::canon::Canon;
 use kiln_ir::{BinaryOp, Graph, IrError, Op, Result, UnaryOp};
@@ -36,6 +37,11 @@ pub enum Placement {
     Alias(usize),
     /// Computed inside the kernels that use it.
     Inline,
+    /// A contraction whose kernel writes the buffer of this node, an elementwise node whose
+    /// kernel, run right after it, finishes the values in place (epilogue fusion: bias,
+    /// activation, residual add applied while the contraction's output is in cache). See
+    /// [`fuse_epilogues`].
+    Into(usize),
 }
 
 /// The placement of every needed node and the kernels in execution order.
@@ -49,11 +55,13 @@ pub struct Schedule {
 impl Schedule {
     /// The node whose buffer holds node `i`'s value, if it has one.
     pub fn owner(&self, i: usize) -> Option<usize> {
-        match self.place[i] {
-            Placement::Bound | Placement::Const | Placement::Kernel => Some(i),
-            Placement::Alias(o) => Some(o),
-            Placement::Inline => None,
-        }
+        Schedule::owner_of(&self.place, i)
+    }
+
+    /// The contraction whose epilogue the kernel of node `i` is, if any (it then runs in
+    /// place over `i`'s buffer, right after that contraction).
+    pub fn epilogue_of(&self, i: usize) -> Option<usize> {
+        self.place.iter().position(|p| *p == Placement::Into(i))
     }
 }
 
@@ -63,6 +71,11 @@ const SHARED_COST: u32 = 7;
 const MAX_INLINE_COST: u32 = 48;
 /// Above this many inlined nodes any node gets its own buffer.
 const MAX_INLINE_NODES: usize = 64;
+
+/// Whether epilogue fusion is on (`KILN_EPILOGUE=0` turns it off, to compare).
+fn epilogues_enabled() -> bool {
+    std::env::var("KILN_EPILOGUE").map_or(true, |v| v != "0")
+}
 
 /// Relative cost of computing a node once, given its operands.
 fn op_cost(op: &Op) -> u32 {
@@ -262,7 +275,33 @@ pub fn schedule(graph: &Graph, canon: &Canon) -> Result<Schedule> {
         }
         inlined_now[i] = set;
     }
+    let mut wanted_flags = vec![false; n];
+    for &w in &canon.wanted {
+        wanted_flags[w] = true;
+    }
+    let pairs = if epilogues_enabled() {
+        fuse_epilogues(
+            graph,
+            canon,
+            &users,
+            &wanted_flags,
+            &mut place,
+            &mut kernels,
+        )
+    } else {
+        Vec::new()
+    };
     kernels.sort_unstable();
+    // Each fused contraction runs right before its epilogue (its operands are computed before
+    // its old position, so later is fine; kernels it passes read neither it nor the epilogue).
+    for (c, r) in pairs {
+        kernels.retain(|&k| k != c);
+        let at = kernels
+            .iter()
+            .position(|&k| k == r)
+            .unwrap_or(kernels.len());
+        kernels.insert(at, c);
+    }
     Ok(Schedule { place, kernels })
 }
 
@@ -270,8 +309,92 @@ impl Schedule {
     fn owner_of(place: &[Placement], i: usize) -> Option<usize> {
         match place[i] {
             Placement::Bound | Placement::Const | Placement::Kernel => Some(i),
-            Placement::Alias(o) => Some(o),
+            Placement::Alias(o) | Placement::Into(o) => Some(o),
             Placement::Inline => None,
         }
     }
+}
+
+/// Elementwise ops (operands and result of one shape, once broadcasts are explicit): what an
+/// epilogue may apply to a contraction's output.
+fn is_pointwise(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Unary(_) | Op::Binary(_) | Op::Compare(_) | Op::Where | Op::Cast(_)
+    )
+}
+
+/// Epilogue fusion. A contraction `C` (not itself a result) whose value is used only
+/// elementwise, at its own index (no view or broadcast of it), and only inside one
+/// elementwise kernel `R` of its shape and dtype, is written straight into `R`'s buffer; `R`
+/// then runs in place over it (`Placement::Into(R)`), and the CPU runs it on each finished
+/// run of the contraction's output ([`crate::cpu::launch::run_fused`]). When `C`'s elementwise
+/// users are computed in several kernels (a training step recomputes `conv + bias` for the
+/// activation and for its gradient mask) but `C` has a single user `U` (the bias add), `U`
+/// gets a buffer and becomes the epilogue: every kernel then reads `conv + bias` once
+/// instead of recomputing it from two buffers.
+///
+/// Returns the fused pairs `(C, R)`.
+fn fuse_epilogues(
+    graph: &Graph,
+    canon: &Canon,
+    users: &[Vec<usize>],
+    wanted: &[bool],
+    place: &mut [Placement],
+    kernels: &mut Vec<usize>,
+) -> Vec<(usize, usize)> {
+    let node = |i: usize| graph.node(canon.order[i]);
+    let mut pairs = Vec::new();
+    for c in 0..place.len() {
+        if place[c] != Placement::Kernel || wanted[c] || !is_contraction(&node(c).op) {
+            continue;
+        }
+        let ty = &node(c).ty;
+        let same = |i: usize| node(i).ty == *ty;
+        // The elementwise region over C, and the kernels that read it.
+        let mut region: Vec<usize> = Vec::new();
+        let mut readers: Vec<usize> = Vec::new();
+        let mut stack: Vec<usize> = users[c].clone();
+        let mut ok = !stack.is_empty();
+        while let Some(u) = stack.pop() {
+            if region.contains(&u) || readers.contains(&u) {
+                continue;
+            }
+            let pointwise = is_pointwise(&node(u).op) && node(u).ty.shape == ty.shape;
+            match place[u] {
+                Placement::Inline if pointwise => {
+                    region.push(u);
+                    stack.extend_from_slice(&users[u]);
+                }
+                Placement::Kernel if pointwise => readers.push(u),
+                _ => {
+                    ok = false;
+                    break;
+                }
+            }
+        }
+        let target = match readers[..] {
+            [r] if ok && same(r) => Some(r),
+            _ => {
+                let mut direct = users[c].clone();
+                direct.dedup();
+                match direct[..] {
+                    [u] if place[u] == Placement::Inline
+                        && same(u)
+                        && is_pointwise(&node(u).op) =>
+                    {
+                        place[u] = Placement::Kernel;
+                        kernels.push(u);
+                        Some(u)
+                    }
+                    _ => None,
+                }
+            }
+        };
+        if let Some(r) = target {
+            place[c] = Placement::Into(r);
+            pairs.push((c, r));
+        }
+    }
+    pairs
 }

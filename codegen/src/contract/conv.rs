@@ -2,8 +2,8 @@
 
 use super::im2col::{pack, scatter_add, TilePlan};
 use super::{
-    wide, check_len, checked_numel, finish_map, finish_run, gemm_into, gemm_threads, internal, run_items,
-    Config, ContractError, Epilogue, Float, MatMut, MatRef, Result,
+    check_len, checked_numel, finish_map, finish_run, gemm_into, gemm_threads, internal, run_items,
+    wide, Config, ContractError, Epilogue, Float, MatMut, MatRef, Result,
 };
 use kiln_ir::shape::{strides, unravel};
 use kiln_ir::{ConvParams, DType, Op, TensorType};
@@ -450,7 +450,9 @@ pub fn conv<T: Float>(
         _ => None,
     };
     let width = if wide_w.is_some() {
-        tile_width(kk, y_sp, cfg.tile_elems).max(WIDE_TILE).min(y_sp)
+        tile_width(kk, y_sp, cfg.tile_elems)
+            .max(WIDE_TILE)
+            .min(y_sp)
     } else {
         tile_width(kk, y_sp, cfg.tile_elems)
     };
@@ -607,7 +609,11 @@ fn wide_into<T: Float>(
     if col.cs != 1 {
         return Err(internal("wide conv: column tile with a column stride"));
     }
-    let c_rs = if dst.rows == 1 { dst.rs.max(dst.cols) } else { dst.rs };
+    let c_rs = if dst.rows == 1 {
+        dst.rs.max(dst.cols)
+    } else {
+        dst.rs
+    };
     wide::gemm(packed, dst.cols, b, col.rs, c, c_rs, accumulate, par).map_err(internal)
 }
 
@@ -643,9 +649,17 @@ pub fn conv_transpose<T: Float>(
     if dx.is_empty() {
         return Ok(());
     }
-    if let Some(fwd) = g.transpose_as_conv()? {
-        let flipped = flip_weight(g, w);
-        return conv(&fwd, dy, &flipped, dx, epi, cfg);
+    // As a forward convolution when that runs on the wide kernel (f32, AVX-512, enough
+    // positions); with few positions the larger im2col of the padded input costs more than
+    // the scatter it saves (measured: LeNet's second layer, 2x slower).
+    let wide_fwd = T::as_f32(w).is_some()
+        && g.x_sp >= WIDE_TILE
+        && wide::applies(g.cxg, WIDE_TILE, g.cyg * g.k_sp, 1);
+    if wide_fwd {
+        if let Some(fwd) = g.transpose_as_conv()? {
+            let flipped = flip_weight(g, w);
+            return conv(&fwd, dy, &flipped, dx, epi, cfg);
+        }
     }
     // dx is not empty: batch, cx (so cxg and groups) and x_sp are positive.
     let (kk, k_sp, cxg, cyg, x_sp, y_sp) = (g.kk(), g.k_sp, g.cxg, g.cyg, g.x_sp, g.y_sp);

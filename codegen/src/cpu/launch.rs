@@ -81,6 +81,20 @@ pub fn run_kernel(
     prep: &Prepared,
     bufs: &[RawBuf],
 ) -> Result<(), String> {
+    check_bufs(k, bufs)?;
+    match &k.body {
+        Body::Call(c) => call(k, c, prep, bufs, None),
+        Body::Loops(_) => {
+            let f = f.ok_or_else(|| format!("kernel {} was not compiled", k.name))?;
+            run_loops(k, f, bufs);
+            Ok(())
+        }
+    }
+}
+
+/// Checks the buffers of a call of `k`: one per parameter, large enough and aligned, and no
+/// written buffer overlapping another (see [`run_kernel`]'s safety argument).
+fn check_bufs(k: &Kernel, bufs: &[RawBuf]) -> Result<(), String> {
     if bufs.len() != k.params.len() {
         return Err(format!(
             "kernel {}: {} buffers for {} parameters",
@@ -116,76 +130,190 @@ pub fn run_kernel(
             }
         }
     }
-    match &k.body {
-        Body::Call(c) => {
-            let len = |b: crate::kernel::Buf| k.params[b.0 as usize].len as usize;
-            let raw = |b: crate::kernel::Buf| bufs[b.0 as usize].ptr;
-            let (a, b, o) = (c.inputs[0], c.inputs[1], c.output);
-            let cfg = contract::Config::default();
-            let r = match c.dtype {
-                DType::F32 => {
-                    // SAFETY: checked above: each pointer is aligned and valid for `len`
-                    // elements of this dtype, initialised (bindings, constants, or buffers
-                    // allocated zeroed); the output overlaps neither input.
-                    let (a, b, o) = unsafe {
-                        (
-                            std::slice::from_raw_parts(raw(a) as *const f32, len(a)),
-                            std::slice::from_raw_parts(raw(b) as *const f32, len(b)),
-                            std::slice::from_raw_parts_mut(raw(o) as *mut f32, len(o)),
-                        )
-                    };
-                    contract_call(prep, a, b, o, &cfg)
-                }
-                DType::F64 => {
-                    // SAFETY: as above.
-                    let (a, b, o) = unsafe {
-                        (
-                            std::slice::from_raw_parts(raw(a) as *const f64, len(a)),
-                            std::slice::from_raw_parts(raw(b) as *const f64, len(b)),
-                            std::slice::from_raw_parts_mut(raw(o) as *mut f64, len(o)),
-                        )
-                    };
-                    contract_call(prep, a, b, o, &cfg)
-                }
-                d => return Err(format!("kernel {}: contraction on {d}", k.name)),
+    Ok(())
+}
+
+/// The element index an epilogue kernel (one flat loop, see `Lower::flat`) uses for every
+/// load and store of its parameter `j`, if it uses only its loop variable: then a call of
+/// the kernel over `lo..hi` touches exactly elements `lo..hi` of that buffer.
+pub fn flat_only(k: &Kernel, j: usize) -> bool {
+    let Body::Loops(stmts) = &k.body else {
+        return false;
+    };
+    let [crate::kernel::Stmt::Loop(l)] = stmts.as_slice() else {
+        return false;
+    };
+    if !l.parallel
+        || l.body
+            .iter()
+            .any(|s| matches!(s, crate::kernel::Stmt::Loop(_)))
+    {
+        return false;
+    }
+    let flat = crate::kernel::Ix::var(l.var);
+    l.body.iter().all(|s| match s {
+        crate::kernel::Stmt::Let(_, crate::kernel::KOp::Load { buf, index, .. })
+        | crate::kernel::Stmt::Store { buf, index, .. } => buf.0 as usize != j || *index == flat,
+        _ => true,
+    })
+}
+
+/// Runs contraction kernel `k` and, on each finished run of its output, the epilogue kernel
+/// `e` (machine code `ef`) over the same elements, while they are in cache.
+///
+/// `e` is a flat epilogue ([`flat_only`] holds for its parameter `j`, whose buffer is the
+/// contraction's output) that reads and writes that buffer only at the indices of the range
+/// it is called on, and reads its other parameters.
+///
+/// # Soundness
+///
+/// Both kernels' buffers pass [`check_bufs`] (sizes, alignment, written buffers overlap no
+/// other buffer of the same call). The contraction holds the exclusive slice of its output
+/// and hands each finished run to the epilogue callback as `&mut [T]`, at most once per
+/// element and never concurrently for the same element. The callback passes the JIT
+/// function, as parameter `j`, a pointer derived from that run (offset back by the run's
+/// position, so that index `i` addresses element `i` of the output), and the range of the
+/// run: by [`flat_only`], the function touches buffer `j` only inside the run. Its other
+/// buffers are read-only for it and do not overlap the output (checked), so the concurrent
+/// calls on different runs do not race.
+pub fn run_fused(
+    k: &Kernel,
+    prep: &Prepared,
+    bufs: &[RawBuf],
+    e: &Kernel,
+    ef: KernelFn,
+    ebufs: &[RawBuf],
+    j: usize,
+) -> Result<(), String> {
+    check_bufs(k, bufs)?;
+    check_bufs(e, ebufs)?;
+    let Body::Call(c) = &k.body else {
+        return Err(format!("kernel {} is not a contraction", k.name));
+    };
+    let out = bufs[c.output.0 as usize];
+    if !flat_only(e, j) || ebufs.get(j).map(|b| b.ptr) != Some(out.ptr) {
+        return Err(format!(
+            "kernel {} is not a flat epilogue of {} over its output",
+            e.name, k.name
+        ));
+    }
+    call(k, c, prep, bufs, Some((ef, ebufs, j)))
+}
+
+/// An epilogue to run on each finished run: machine code, its buffers, the parameter that is
+/// the contraction's output.
+type EpilogueCall<'a> = (KernelFn, &'a [RawBuf], usize);
+
+/// Runs a contraction (and its epilogue, see [`run_fused`]) over checked buffers.
+fn call(
+    k: &Kernel,
+    c: &crate::kernel::Call,
+    prep: &Prepared,
+    bufs: &[RawBuf],
+    epilogue: Option<EpilogueCall<'_>>,
+) -> Result<(), String> {
+    let len = |b: crate::kernel::Buf| k.params[b.0 as usize].len as usize;
+    let raw = |b: crate::kernel::Buf| bufs[b.0 as usize].ptr;
+    let (a, b, o) = (c.inputs[0], c.inputs[1], c.output);
+    let cfg = contract::Config::default();
+    let r = match c.dtype {
+        DType::F32 => {
+            // SAFETY: checked by `check_bufs`: each pointer is aligned and valid for `len`
+            // elements of this dtype, initialised (bindings, constants, or buffers allocated
+            // zeroed); the output overlaps neither input.
+            let (a, b, o) = unsafe {
+                (
+                    std::slice::from_raw_parts(raw(a) as *const f32, len(a)),
+                    std::slice::from_raw_parts(raw(b) as *const f32, len(b)),
+                    std::slice::from_raw_parts_mut(raw(o) as *mut f32, len(o)),
+                )
             };
-            r.map_err(|e| format!("kernel {}: {e}", k.name))
+            with_epilogue(epilogue, |epi| contract_call(prep, a, b, o, epi, &cfg))
         }
-        Body::Loops(_) => {
-            let f = f.ok_or_else(|| format!("kernel {} was not compiled", k.name))?;
-            // SAFETY: `f` was produced by `cpu::compile` for exactly this kernel, with the
-            // signature `extern "C" fn(*const *mut u8, i64, i64)`; its code lives as long as
-            // the program that holds both.
-            let func: extern "C" fn(*const *mut u8, i64, i64) =
-                unsafe { std::mem::transmute::<*const u8, _>(f.0) };
-            let ptrs: Vec<*mut u8> = bufs.iter().map(|b| b.ptr).collect();
-            let threads = rayon::current_num_threads();
-            match k.parallel_loop() {
-                Some(l)
-                    if threads > 1
-                        && l.extent >= 2
-                        && k.work() >= PARALLEL_MIN_WORK.load(Ordering::Relaxed) =>
-                {
-                    struct Shared(*const *mut u8);
-                    // SAFETY: the pointer array outlives the scope below and is only read;
-                    // the buffers it points to are accessed by disjoint iterations (above).
-                    unsafe impl Sync for Shared {}
-                    let shared = Shared(ptrs.as_ptr());
-                    let chunks = (threads as u64).min(l.extent);
-                    let shared = &shared;
-                    rayon::scope(|s| {
-                        for c in 0..chunks {
-                            let lo = (l.extent * c / chunks) as i64;
-                            let hi = (l.extent * (c + 1) / chunks) as i64;
-                            s.spawn(move |_| func(shared.0, lo, hi));
-                        }
-                    });
+        DType::F64 => {
+            // SAFETY: as above.
+            let (a, b, o) = unsafe {
+                (
+                    std::slice::from_raw_parts(raw(a) as *const f64, len(a)),
+                    std::slice::from_raw_parts(raw(b) as *const f64, len(b)),
+                    std::slice::from_raw_parts_mut(raw(o) as *mut f64, len(o)),
+                )
+            };
+            with_epilogue(epilogue, |epi| contract_call(prep, a, b, o, epi, &cfg))
+        }
+        d => return Err(format!("kernel {}: contraction on {d}", k.name)),
+    };
+    r.map_err(|e| format!("kernel {}: {e}", k.name))
+}
+
+/// The epilogue's buffer pointers, shared by the contraction's worker threads.
+struct EpiPtrs(Vec<*mut u8>);
+// SAFETY: the pointers are only read (copied) by the callback; what the JIT function does
+// through them is argued in `run_fused`.
+unsafe impl Sync for EpiPtrs {}
+unsafe impl Send for EpiPtrs {}
+
+impl EpiPtrs {
+    fn get(&self) -> Vec<*mut u8> {
+        self.0.clone()
+    }
+}
+
+/// Calls `f` with the `Epilogue` that runs `epilogue` (if any) on each finished run.
+fn with_epilogue<T: contract::Float>(
+    epilogue: Option<EpilogueCall<'_>>,
+    f: impl FnOnce(&Epilogue<'_, T>) -> Result<(), String>,
+) -> Result<(), String> {
+    let Some((ef, ebufs, j)) = epilogue else {
+        return f(&Epilogue::none());
+    };
+    // SAFETY: `ef` was produced by `cpu::compile` for the epilogue kernel, with the signature
+    // `extern "C" fn(*const *mut u8, i64, i64)`; its code lives as long as the program.
+    let func: extern "C" fn(*const *mut u8, i64, i64) =
+        unsafe { std::mem::transmute::<*const u8, _>(ef.0) };
+    let ptrs = EpiPtrs(ebufs.iter().map(|b| b.ptr).collect());
+    let size = std::mem::size_of::<T>();
+    let map = move |offset: usize, run: &mut [T]| {
+        let mut p = ptrs.get();
+        // Derived from the run (see `run_fused`): index `offset + i` is `run[i]`.
+        p[j] = (run.as_mut_ptr() as *mut u8).wrapping_sub(offset * size);
+        func(p.as_ptr(), offset as i64, (offset + run.len()) as i64);
+    };
+    f(&Epilogue::none().with_map(&map))
+}
+
+/// Runs a loop-nest kernel, its parallel outer loop split across threads when large.
+fn run_loops(k: &Kernel, f: KernelFn, bufs: &[RawBuf]) {
+    // SAFETY: `f` was produced by `cpu::compile` for exactly this kernel, with the
+    // signature `extern "C" fn(*const *mut u8, i64, i64)`; its code lives as long as
+    // the program that holds both.
+    let func: extern "C" fn(*const *mut u8, i64, i64) =
+        unsafe { std::mem::transmute::<*const u8, _>(f.0) };
+    let ptrs: Vec<*mut u8> = bufs.iter().map(|b| b.ptr).collect();
+    let threads = rayon::current_num_threads();
+    match k.parallel_loop() {
+        Some(l)
+            if threads > 1
+                && l.extent >= 2
+                && k.work() >= PARALLEL_MIN_WORK.load(Ordering::Relaxed) =>
+        {
+            struct Shared(*const *mut u8);
+            // SAFETY: the pointer array outlives the scope below and is only read;
+            // the buffers it points to are accessed by disjoint iterations (above).
+            unsafe impl Sync for Shared {}
+            let shared = Shared(ptrs.as_ptr());
+            let chunks = (threads as u64).min(l.extent);
+            let shared = &shared;
+            rayon::scope(|s| {
+                for c in 0..chunks {
+                    let lo = (l.extent * c / chunks) as i64;
+                    let hi = (l.extent * (c + 1) / chunks) as i64;
+                    s.spawn(move |_| func(shared.0, lo, hi));
                 }
-                Some(l) => func(ptrs.as_ptr(), 0, l.extent as i64),
-                None => func(ptrs.as_ptr(), 0, 0),
-            }
-            Ok(())
+            });
         }
+        Some(l) => func(ptrs.as_ptr(), 0, l.extent as i64),
+        None => func(ptrs.as_ptr(), 0, 0),
     }
 }
 
@@ -194,14 +322,14 @@ fn contract_call<T: contract::Float>(
     a: &[T],
     b: &[T],
     o: &mut [T],
+    epi: &Epilogue<'_, T>,
     cfg: &contract::Config,
 ) -> Result<(), String> {
-    let epi = Epilogue::none();
     let r = match prep {
-        Prepared::MatMul(s) => contract::matmul(s, a, b, o, &epi, cfg),
-        Prepared::Conv(g) => contract::conv(g, a, b, o, &epi, cfg),
-        Prepared::ConvTranspose(g) => contract::conv_transpose(g, a, b, o, &epi, cfg),
-        Prepared::ConvWeight(g) => contract::conv_weight(g, a, b, o, &epi, cfg),
+        Prepared::MatMul(s) => contract::matmul(s, a, b, o, epi, cfg),
+        Prepared::Conv(g) => contract::conv(g, a, b, o, epi, cfg),
+        Prepared::ConvTranspose(g) => contract::conv_transpose(g, a, b, o, epi, cfg),
+        Prepared::ConvWeight(g) => contract::conv_weight(g, a, b, o, epi, cfg),
         Prepared::None => return Err("no contraction prepared".into()),
     };
     r.map_err(|e| e.to_string())
