@@ -2,6 +2,7 @@
 //! defines its clap arguments and a `run` function returning a `Result`, so the binary prints a
 //! clear error and exits with status 1 instead of panicking.
 
+pub mod bench;
 pub mod lesions;
 pub mod nifti;
 
@@ -24,6 +25,8 @@ enum Command {
     /// White-matter lesion segmentation: a synthetic cohort, U-Net training, inference, metrics.
     #[command(subcommand)]
     Lesions(lesions::LesionsCommand),
+    /// Benchmarks: the tutorial's workloads on kiln, and with --compare-torch on PyTorch.
+    Bench(Box<bench::BenchArgs>),
 }
 
 /// Parses `args` (the program name first) and runs the subcommand.
@@ -46,5 +49,6 @@ where
     match cli.command {
         Command::Nifti(c) => nifti::run(c),
         Command::Lesions(c) => lesions::run(c),
+        Command::Bench(a) => bench::run(*a),
     }
 }
