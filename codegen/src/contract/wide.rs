@@ -198,7 +198,11 @@ unsafe fn kernel(
     let mut mask = [0u16; 4];
     for (v, m) in mask.iter_mut().enumerate() {
         let left = cols.saturating_sub(16 * v).min(16);
-        *m = if left == 16 { 0xffff } else { (1u16 << left) - 1 };
+        *m = if left == 16 {
+            0xffff
+        } else {
+            (1u16 << left) - 1
+        };
     }
     let mut t = [[_mm512_setzero_ps(); 4]; MR];
     if acc {
@@ -267,9 +271,13 @@ mod tests {
             (32, 200, 27, 5, false, 2),
             (48, 129, 257, 0, true, 1),
         ] {
-            let a: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
+            let a: Vec<f32> = (0..m * k)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
+                .collect();
             let b_rs = n + extra;
-            let b: Vec<f32> = (0..k * b_rs).map(|i| ((i * 53 % 97) as f32 - 48.0) / 48.0).collect();
+            let b: Vec<f32> = (0..k * b_rs)
+                .map(|i| ((i * 53 % 97) as f32 - 48.0) / 48.0)
+                .collect();
             let c_rs = n + extra;
             let c0: Vec<f32> = (0..m * c_rs).map(|i| (i % 5) as f32).collect();
             let mut c = c0.clone();
@@ -282,7 +290,11 @@ mod tests {
                         assert_eq!(got, c0[i * c_rs + j], "wrote past the columns");
                         continue;
                     }
-                    let mut want = if accumulate { c0[i * c_rs + j] as f64 } else { 0.0 };
+                    let mut want = if accumulate {
+                        c0[i * c_rs + j] as f64
+                    } else {
+                        0.0
+                    };
                     for p in 0..k {
                         want += a[i * k + p] as f64 * b[p * b_rs + j] as f64;
                     }
