@@ -576,21 +576,6 @@ pub fn conv<T: Float>(
     })
 }
 
-/// `dst[p * rows + r] = src[r * src_rs + p]` for `r < rows`, `p < cols`, in 16 x 16 blocks.
-fn transpose_into<T: Float>(src: &[T], rows: usize, cols: usize, src_rs: usize, dst: &mut [T]) {
-    const B: usize = 16;
-    for r0 in (0..rows).step_by(B) {
-        for p0 in (0..cols).step_by(B) {
-            for r in r0..(r0 + B).min(rows) {
-                let row = &src[r * src_rs..];
-                for p in p0..(p0 + B).min(cols) {
-                    dst[p * rows + r] = row[p];
-                }
-            }
-        }
-    }
-}
-
 /// Fewest positions per tile when the forward convolution runs on [`wide`]: four of its
 /// 64-column blocks, so that packing the im2col tile is amortised over full vectors.
 const WIDE_TILE: usize = 256;
@@ -836,24 +821,26 @@ pub fn conv_weight<T: Float>(
             }
         }
     }
+    // f32 on AVX-512: the block's gradient as `dY · Col^T` on `wide::gemm_nt` (its result
+    // `[cyg, kc]`, row a: output channel a, instead of the transposed one).
+    let wide_ok = T::as_f32(x).is_some() && wide::applies(1, 64, 1, 1);
     // One tile width for all blocks (the largest block's), so that all share the plans.
     let plans = if g.y_sp > 0 {
         let rows = cxg.div_ceil(blocks) * k_sp;
-        Some(Plans::new(
-            g,
-            tile_width(rows, g.y_sp, cfg.tile_elems),
-            cfg,
-        )?)
+        // The wide kernel reduces each dot product's 16 partial sums once per tile: longer
+        // tiles (4x the elements) amortise that.
+        let elems = if wide_ok {
+            4 * cfg.tile_elems
+        } else {
+            cfg.tile_elems
+        };
+        Some(Plans::new(g, tile_width(rows, g.y_sp, elems), cfg)?)
     } else {
         None
     };
     let par = gemm_threads(items.len(), cfg.threads);
     // f32 on AVX-512: the block's gradient as `dY · Col^T` on the wide kernel, its result
     // `[cyg, kc]` (row a: output channel a) instead of the transposed one.
-    // Each packed element (im2col, then transposed) feeds `cyg` multiply-adds, so below 64
-    // output channels the packing costs more than the faster kernel saves (measured on the
-    // U-Net's 32- and 64-channel layers).
-    let wide_ok = T::as_f32(x).is_some() && cyg >= 64 && wide::applies(cyg, 64, 1, 1);
     let work = |s: &mut Scratch<T>, it: WeightItem| -> Result<Vec<T>> {
         let kc = it.nch * k_sp;
         let mut acc = vec![T::ZERO; cyg * kc];
@@ -879,21 +866,17 @@ pub fn conv_weight<T: Float>(
                     &*col
                 };
                 if wide_ok {
-                    // dW_block += dY · Col^T on the wide kernel: dY's `cyg` rows are few,
-                    // the block's `kc` columns many; Col^T is made contiguous first.
+                    // dW_block += dY · Col^T: both contracted over positions, contiguous in
+                    // dY's rows and in the tile's (wide::gemm_nt, no packing).
                     let col_rs = if g.pointwise { g.x_sp } else { width };
-                    let col_t = sized(&mut s.buf, width * kc);
-                    transpose_into(col, kc, width, col_rs, col_t);
                     let dy_tile = tail(dy_data, o0)?;
-                    let (Some(dy32), Some(b), Some(c)) = (
-                        T::as_f32(dy_tile),
-                        T::as_f32(col_t),
-                        T::as_f32_mut(&mut acc),
-                    ) else {
+                    let (Some(a), Some(b), Some(c)) =
+                        (T::as_f32(dy_tile), T::as_f32(col), T::as_f32_mut(&mut acc))
+                    else {
                         return Err(internal("wide conv_weight: not f32"));
                     };
-                    let a = wide::PackedA::new(cyg, width, |i, p| dy32[i * y_sp + p]);
-                    wide::gemm(&a, kc, b, kc, c, kc, !first, par).map_err(internal)?;
+                    wide::gemm_nt(cyg, kc, width, a, y_sp, b, col_rs, c, kc, !first)
+                        .map_err(internal)?;
                     first = false;
                     continue;
                 }

@@ -161,6 +161,157 @@ pub fn gemm(
     Ok(())
 }
 
+/// Rows of `A` and of `B` per [`gemm_nt`] block.
+const NT_MR: usize = 4;
+const NT_NR: usize = 6;
+
+/// `C[i][j] (+)= sum_p A[i][p] * B[j][p]` for `i < m`, `j < n`, `p < k`: both operands with
+/// the contracted index contiguous (row strides `a_rs`, `b_rs`), `C` row-major (row stride
+/// `c_rs >= n`). This is a convolution's weight gradient, `dW = dY · Col^T`, contracted over
+/// output positions, which are contiguous in `dY` and in the im2col tile alike: no packing and
+/// no transpose. The micro-kernel keeps a 4 x 6 block of dot products as 24 vectors of
+/// partial sums over 16 positions each, reduced once at the end of the row.
+///
+/// Returns an error (touching nothing) if an addressed element would lie outside a slice or
+/// the CPU lacks AVX-512F.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_nt(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    a_rs: usize,
+    b: &[f32],
+    b_rs: usize,
+    c: &mut [f32],
+    c_rs: usize,
+    accumulate: bool,
+) -> Result<(), String> {
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    let fits = |rows: usize, rs: usize, cols: usize, len: usize| {
+        (rows - 1)
+            .checked_mul(rs)
+            .and_then(|v| v.checked_add(cols))
+            .is_some_and(|end| end <= len)
+    };
+    if k == 0
+        || !fits(m, a_rs, k, a.len())
+        || !fits(n, b_rs, k, b.len())
+        || !fits(m, c_rs, n, c.len())
+        || c_rs < n
+        || !available()
+    {
+        return Err(format!(
+            "wide gemm_nt: {m}x{n}x{k} with strides {a_rs}, {b_rs}, {c_rs} does not fit buffers of {}, {}, {}",
+            a.len(),
+            b.len(),
+            c.len()
+        ));
+    }
+    // B's block of rows (in L1) is reused across all of A's blocks (in L2).
+    for j0 in (0..n).step_by(NT_NR) {
+        let cols = NT_NR.min(n - j0);
+        for i0 in (0..m).step_by(NT_MR) {
+            let rows = NT_MR.min(m - i0);
+            // SAFETY: rows `i0..i0+rows` of A and `j0..j0+cols` of B are read at `p < k`,
+            // inside the slices by the `fits` checks above (missing rows of a partial block
+            // repeat the block's first row, which exists); the kernel writes `C[i0+i][j0+j]`
+            // for `i < rows`, `j < cols`, inside `c` (checked), through the exclusive borrow.
+            // `available()` was checked.
+            unsafe {
+                kernel_nt(
+                    k,
+                    a.as_ptr().add(i0 * a_rs),
+                    a_rs,
+                    rows,
+                    b.as_ptr().add(j0 * b_rs),
+                    b_rs,
+                    cols,
+                    c.as_mut_ptr().add(i0 * c_rs + j0),
+                    c_rs,
+                    accumulate,
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The 4 x 6 dot-product block of [`gemm_nt`].
+///
+/// # Safety
+/// AVX-512F must be available; for `i < rows` (at least 1) `a + i*a_rs + p` and for `j < cols`
+/// (at least 1) `b + j*b_rs + p` must be readable for `p < k`; `c + i*c_rs + j` readable and
+/// writable for `i < rows`, `j < cols`, with no other access during the call.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn kernel_nt(
+    k: usize,
+    a: *const f32,
+    a_rs: usize,
+    rows: usize,
+    b: *const f32,
+    b_rs: usize,
+    cols: usize,
+    c: *mut f32,
+    c_rs: usize,
+    acc: bool,
+) {
+    use std::arch::x86_64::*;
+    // Rows past the block's end read row 0 again (valid memory); their sums are dropped.
+    let ar: [*const f32; NT_MR] =
+        std::array::from_fn(|i| a.add(if i < rows { i * a_rs } else { 0 }));
+    let br: [*const f32; NT_NR] =
+        std::array::from_fn(|j| b.add(if j < cols { j * b_rs } else { 0 }));
+    let mut t = [[_mm512_setzero_ps(); NT_NR]; NT_MR];
+    let mut p = 0;
+    while p < k {
+        let left = k - p;
+        let mask: u16 = if left >= 16 {
+            0xffff
+        } else {
+            (1u16 << left) - 1
+        };
+        let av: [__m512; NT_MR] =
+            std::array::from_fn(|i| _mm512_maskz_loadu_ps(mask, ar[i].add(p)));
+        for (j, &bj) in br.iter().enumerate() {
+            let bv = _mm512_maskz_loadu_ps(mask, bj.add(p));
+            for (row, &x) in t.iter_mut().zip(&av) {
+                row[j] = _mm512_fmadd_ps(x, bv, row[j]);
+            }
+        }
+        p += 16;
+    }
+    for (i, row) in t.iter().enumerate().take(rows) {
+        for (j, &v) in row.iter().enumerate().take(cols) {
+            let s = _mm512_reduce_add_ps(v);
+            let dst = c.add(i * c_rs + j);
+            *dst = if acc { *dst + s } else { s };
+        }
+    }
+}
+
+/// Never called: [`available`] is false off x86_64.
+#[cfg(not(target_arch = "x86_64"))]
+#[allow(clippy::too_many_arguments)]
+unsafe fn kernel_nt(
+    _k: usize,
+    _a: *const f32,
+    _a_rs: usize,
+    _rows: usize,
+    _b: *const f32,
+    _b_rs: usize,
+    _cols: usize,
+    _c: *mut f32,
+    _c_rs: usize,
+    _acc: bool,
+) {
+    unreachable!("the wide GEMM needs x86_64")
+}
+
 /// The base pointer of `C`, shared by the threads of one call, which write disjoint column
 /// blocks (see the safety comment in [`gemm`]).
 #[derive(Clone, Copy)]
@@ -255,6 +406,53 @@ unsafe fn kernel(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nt_matches_the_definition() {
+        if !available() {
+            eprintln!("skipped: this CPU has no AVX-512F, so the wide GEMM is never used");
+            return;
+        }
+        for &(m, n, k, extra, accumulate) in &[
+            (1usize, 1usize, 1usize, 0usize, false),
+            (4, 6, 16, 0, false),
+            (5, 7, 33, 3, true),
+            (32, 27, 300, 1, false),
+            (9, 13, 15, 0, true),
+        ] {
+            let (a_rs, b_rs, c_rs) = (k + extra, k + 2 * extra, n + extra);
+            let a: Vec<f32> = (0..m * a_rs)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
+                .collect();
+            let b: Vec<f32> = (0..n * b_rs)
+                .map(|i| ((i * 53 % 97) as f32 - 48.0) / 48.0)
+                .collect();
+            let c0: Vec<f32> = (0..m * c_rs).map(|i| (i % 5) as f32).collect();
+            let mut c = c0.clone();
+            gemm_nt(m, n, k, &a, a_rs, &b, b_rs, &mut c, c_rs, accumulate).unwrap();
+            for i in 0..m {
+                for j in 0..c_rs {
+                    let got = c[i * c_rs + j];
+                    if j >= n {
+                        assert_eq!(got, c0[i * c_rs + j], "wrote past the columns");
+                        continue;
+                    }
+                    let mut want = if accumulate {
+                        c0[i * c_rs + j] as f64
+                    } else {
+                        0.0
+                    };
+                    for p in 0..k {
+                        want += a[i * a_rs + p] as f64 * b[j * b_rs + p] as f64;
+                    }
+                    assert!(
+                        (got as f64 - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                        "m {m} n {n} k {k}: C[{i}][{j}] = {got}, want {want}"
+                    );
+                }
+            }
+        }
+    }
 
     /// Against a plain triple loop, for row and column tails, several K blocks, row strides
     /// above the width, accumulation and threads.
