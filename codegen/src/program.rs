@@ -42,6 +42,21 @@ pub struct Step {
     pub(crate) fuse_next: Option<usize>,
 }
 
+/// The kernel loop of one run, moved onto a thread of rayon's pool while the caller waits.
+struct OnPool<'a, F>(&'a F);
+// SAFETY: the closure only touches the run's buffers (through raw pointers it captured) and the
+// program; the calling thread blocks inside `rayon::scope` until the closure has returned, so
+// every borrow it holds outlives the work, and nothing else uses the buffers meanwhile. Moving
+// the loop to another thread is then the same as running it on the caller.
+unsafe impl<F> Send for OnPool<'_, F> {}
+unsafe impl<F> Sync for OnPool<'_, F> {}
+
+impl<F: Fn() -> Result<Vec<Duration>>> OnPool<'_, F> {
+    fn call(&self) -> Result<Vec<Duration>> {
+        (self.0)()
+    }
+}
+
 /// A program as cached: independent of node ids, it refers to nodes by canonical number.
 pub struct Compiled {
     pub(crate) steps: Vec<Step>,
@@ -468,45 +483,60 @@ impl Compiled {
             })
             .collect();
         let out_raw: Vec<RawBuf> = outputs.iter_mut().map(raw_of_mut).collect();
-        let mut times = Vec::new();
-        let bufs_of = |step: &Step| -> Result<Vec<RawBuf>> {
-            step.args
-                .iter()
-                .map(|&a| match self.mem.storage[a] {
-                    Some(Storage::Input(k)) => Ok(input_raw[k]),
-                    Some(Storage::Const(k)) => Ok(const_raw[k]),
-                    Some(Storage::Temp(k)) => Ok(temp_raw[k]),
-                    Some(Storage::Output(k)) => Ok(out_raw[k]),
-                    None => Err(internal(format!("node {a} has no storage"))),
-                })
-                .collect()
-        };
-        let mut i = 0;
-        while i < self.steps.len() {
-            let step = &self.steps[i];
-            let bufs = bufs_of(step)?;
-            let t0 = profile.then(Instant::now);
-            match (step.fuse_next, self.steps.get(i + 1)) {
-                (Some(j), Some(epi)) if epi.func.is_some() => {
-                    let ebufs = bufs_of(epi)?;
-                    let ef = epi.func.ok_or_else(|| internal("epilogue not compiled"))?;
-                    run_fused(&step.kernel, &step.prep, &bufs, &epi.kernel, ef, &ebufs, j)
-                        .map_err(internal)?;
-                    if let Some(t0) = t0 {
-                        // The pair's time goes to the contraction; the epilogue shows 0.
-                        times.push(t0.elapsed());
-                        times.push(Duration::ZERO);
+        let steps = || -> Result<Vec<Duration>> {
+            let mut times = Vec::new();
+            let bufs_of = |step: &Step| -> Result<Vec<RawBuf>> {
+                step.args
+                    .iter()
+                    .map(|&a| match self.mem.storage[a] {
+                        Some(Storage::Input(k)) => Ok(input_raw[k]),
+                        Some(Storage::Const(k)) => Ok(const_raw[k]),
+                        Some(Storage::Temp(k)) => Ok(temp_raw[k]),
+                        Some(Storage::Output(k)) => Ok(out_raw[k]),
+                        None => Err(internal(format!("node {a} has no storage"))),
+                    })
+                    .collect()
+            };
+            let mut i = 0;
+            while i < self.steps.len() {
+                let step = &self.steps[i];
+                let bufs = bufs_of(step)?;
+                let t0 = profile.then(Instant::now);
+                match (step.fuse_next, self.steps.get(i + 1)) {
+                    (Some(j), Some(epi)) if epi.func.is_some() => {
+                        let ebufs = bufs_of(epi)?;
+                        let ef = epi.func.ok_or_else(|| internal("epilogue not compiled"))?;
+                        run_fused(&step.kernel, &step.prep, &bufs, &epi.kernel, ef, &ebufs, j)
+                            .map_err(internal)?;
+                        if let Some(t0) = t0 {
+                            // The pair's time goes to the contraction; the epilogue shows 0.
+                            times.push(t0.elapsed());
+                            times.push(Duration::ZERO);
+                        }
+                        i += 2;
+                        continue;
                     }
-                    i += 2;
-                    continue;
+                    _ => {
+                        run_kernel(&step.kernel, step.func, &step.prep, &bufs).map_err(internal)?
+                    }
                 }
-                _ => run_kernel(&step.kernel, step.func, &step.prep, &bufs).map_err(internal)?,
+                if let Some(t0) = t0 {
+                    times.push(t0.elapsed());
+                }
+                i += 1;
             }
-            if let Some(t0) = t0 {
-                times.push(t0.elapsed());
-            }
-            i += 1;
-        }
+            Ok(times)
+        };
+        // Run the kernels on a thread of rayon's pool: a parallel kernel started from outside the
+        // pool hands its work over and blocks on a latch (a futex wake-up and a wait per
+        // kernel, tens of microseconds, most of a small step's time); from inside, its
+        // threads just split the work. One hand-over per run instead of one per kernel.
+        let times = if rayon::current_thread_index().is_none() && rayon::current_num_threads() > 1 {
+            let job = OnPool(&steps);
+            rayon::scope(move |_| job.call())
+        } else {
+            steps()
+        }?;
         if profile {
             self.report_times(&times);
         }
