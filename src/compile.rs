@@ -80,13 +80,20 @@ enum Source {
 /// A traced step, replayed by [`CompiledStep::run`].
 pub struct CompiledStep {
     graph: Graph,
-    /// The compiled program (JIT backend), made once at `compile`.
-    program: Option<kiln_codegen::Program>,
+    /// The compiled program (JIT or CUDA backend), made once at `compile`.
+    program: Option<Exec>,
     /// Graph node of each step input, `None` when the step does not use it.
     inputs: Vec<(Option<NodeId>, TensorType)>,
     sources: Vec<(NodeId, Source)>,
     outputs: Vec<NodeId>,
     assigns: Vec<(Tensor, NodeId)>,
+}
+
+/// A step's program on the backend `KILN_BACKEND` chose when it was compiled.
+enum Exec {
+    Cpu(kiln_codegen::Program),
+    #[cfg(feature = "cuda")]
+    Cuda(kiln_codegen::cuda::CudaProgram),
 }
 
 /// Traces `f` once on placeholders typed like `example_inputs` and returns the step it
@@ -159,13 +166,23 @@ pub fn compile(
     );
     let mut wanted = out_nodes.clone();
     wanted.extend(assigns.iter().map(|(_, n)| *n));
+    let mut bound: Vec<NodeId> = lw.placeholders.iter().map(|(n, _)| *n).collect();
+    bound.extend(lw.sources.iter().map(|(n, _)| *n));
+    bound.sort();
     let program = match kiln_codegen::Backend::from_env() {
-        kiln_codegen::Backend::Jit => {
-            let mut bound: Vec<NodeId> = lw.placeholders.iter().map(|(n, _)| *n).collect();
-            bound.extend(lw.sources.iter().map(|(n, _)| *n));
-            bound.sort();
-            Some(kiln_codegen::Program::compile(&lw.graph, &wanted, &bound)?)
-        }
+        kiln_codegen::Backend::Jit => Some(Exec::Cpu(kiln_codegen::Program::compile(
+            &lw.graph, &wanted, &bound,
+        )?)),
+        #[cfg(feature = "cuda")]
+        kiln_codegen::Backend::Cuda => Some(Exec::Cuda(kiln_codegen::cuda::CudaProgram::compile(
+            &lw.graph,
+            &wanted,
+            &bound,
+            kiln_codegen::cuda::program::default_ordinal(),
+        )?)),
+        // Without the `cuda` feature, the first run reports that there is no CUDA backend.
+        #[cfg(not(feature = "cuda"))]
+        kiln_codegen::Backend::Cuda => None,
         kiln_codegen::Backend::Interpreter => None,
     };
     Ok(CompiledStep {
@@ -197,15 +214,21 @@ impl CompiledStep {
                 ),
             ));
         }
-        let mut values: Vec<(NodeId, Arc<Literal>)> =
-            Vec::with_capacity(self.sources.len() + inputs.len());
-        for (k, ((node, ty), t)) in self.inputs.iter().zip(inputs).enumerate() {
+        for (k, ((_, ty), t)) in self.inputs.iter().zip(inputs).enumerate() {
             if t.ty() != ty {
                 return Err(Error::shape(
                     "compiled step",
                     format!("input {k} was traced as {ty} and is now {}", t.ty()),
                 ));
             }
+        }
+        #[cfg(feature = "cuda")]
+        if let Some(Exec::Cuda(p)) = &self.program {
+            return self.run_cuda(p, inputs);
+        }
+        let mut values: Vec<(NodeId, Arc<Literal>)> =
+            Vec::with_capacity(self.sources.len() + inputs.len());
+        for ((node, _), t) in self.inputs.iter().zip(inputs) {
             if let Some(n) = node {
                 values.push((*n, t.literal()?));
             }
@@ -224,7 +247,9 @@ impl CompiledStep {
         let mut wanted = self.outputs.clone();
         wanted.extend(self.assigns.iter().map(|(_, n)| *n));
         let mut results = match &self.program {
-            Some(p) => p.run(&bindings)?,
+            Some(Exec::Cpu(p)) => p.run(&bindings)?,
+            #[cfg(feature = "cuda")]
+            Some(Exec::Cuda(_)) => unreachable!("run on the GPU above"),
             None => run_graph(&self.graph, &bindings, &wanted)?,
         };
         drop(bindings);
@@ -234,5 +259,72 @@ impl CompiledStep {
             crate::inplace::store_value(target, v)?;
         }
         Ok(results.into_iter().map(Tensor::from_literal).collect())
+    }
+
+    /// [`CompiledStep::run`] on the GPU: values already on the program's device (parameters
+    /// and optimiser state written there by earlier runs, tensors moved there) are used in
+    /// place, others uploaded; the assignments are written to their targets *on the device*
+    /// (no download), and the outputs are tensors on the device, copied to the host when read.
+    /// So after the first run a training step moves only its batch in and what is read of its
+    /// outputs (the loss) out.
+    #[cfg(feature = "cuda")]
+    fn run_cuda(
+        &self,
+        p: &kiln_codegen::cuda::CudaProgram,
+        inputs: &[&Tensor],
+    ) -> Result<Vec<Tensor>> {
+        use kiln_codegen::cuda::program::Value;
+        use kiln_codegen::cuda::DeviceTensor;
+        enum Held {
+            Device(DeviceTensor),
+            Host(Arc<Literal>),
+        }
+        let ordinal = p.device().ordinal();
+        let hold = |t: &Tensor| -> Result<Held> {
+            match crate::resident::device_value(&t.0.storage) {
+                Some(d) if d.device().ordinal() == ordinal => Ok(Held::Device(d)),
+                _ => Ok(Held::Host(t.literal()?)),
+            }
+        };
+        let mut held: Vec<(NodeId, Held)> = Vec::with_capacity(self.sources.len() + inputs.len());
+        for ((node, _), t) in self.inputs.iter().zip(inputs) {
+            if let Some(n) = node {
+                held.push((*n, hold(t)?));
+            }
+        }
+        for (n, s) in &self.sources {
+            let h = match s {
+                Source::Leaf(t) => hold(t)?,
+                Source::Frozen(v) => Held::Host(v.clone()),
+            };
+            held.push((*n, h));
+        }
+        let bindings: HashMap<NodeId, Value<'_>> = held
+            .iter()
+            .map(|(n, h)| match h {
+                Held::Device(d) => (*n, Value::Device(d)),
+                Held::Host(l) => (*n, Value::Host(l)),
+            })
+            .collect();
+        let mut results = p.run_device(&bindings)?;
+        drop(bindings);
+        drop(held);
+        let assigned = results.split_off(self.outputs.len());
+        for ((target, _), v) in self.assigns.iter().zip(assigned) {
+            crate::resident::set(&target.0.storage, v, None)?;
+        }
+        results
+            .into_iter()
+            .map(|v| {
+                let t = Tensor::leaf_with_storage(
+                    Arc::new(std::sync::RwLock::new(None)),
+                    v.ty().clone(),
+                    false,
+                    Loc::caller(),
+                );
+                crate::resident::set(&t.0.storage, v, None)?;
+                Ok(t)
+            })
+            .collect()
     }
 }

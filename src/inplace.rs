@@ -68,6 +68,7 @@ impl Tensor {
             ));
         }
         let value = new.literal()?;
+        let was = self.device();
         let mut slot = self.0.storage.try_write().map_err(|_| {
             Error::Borrow(
                 "an ndarray view of this tensor is alive; drop it before changing the tensor"
@@ -80,7 +81,9 @@ impl Tensor {
             Some(lit) => overwrite(&mut lit.data, &value.data),
             None => *slot = Some(value),
         }
-        Ok(())
+        drop(slot);
+        // A tensor on a GPU stays there.
+        crate::resident::after_host_write(&self.0.storage, was)
     }
 
     /// `self += other` in place.
@@ -197,6 +200,7 @@ pub fn assign(pairs: &[(&Tensor, &Tensor)]) -> Result<()> {
 /// Writes a value into a source tensor's storage, in its existing buffer when nothing else
 /// holds it (so the buffer's address, seen by ndarray views, does not change).
 pub(crate) fn store_value(t: &Tensor, value: kiln_ir::Literal) -> Result<()> {
+    let was = t.device();
     let mut slot =
         t.0.storage
             .try_write()
@@ -205,5 +209,7 @@ pub(crate) fn store_value(t: &Tensor, value: kiln_ir::Literal) -> Result<()> {
         Some(lit) => overwrite(&mut lit.data, &value.data),
         None => *slot = Some(Arc::new(value)),
     }
-    Ok(())
+    drop(slot);
+    // A tensor on a GPU stays there.
+    crate::resident::after_host_write(&t.0.storage, was)
 }

@@ -35,6 +35,7 @@ pub mod nn;
 mod ops;
 pub mod optim;
 pub mod random;
+mod resident;
 mod tensor;
 
 pub use autograd::{is_grad_enabled, no_grad, NoGradGuard};

@@ -577,7 +577,7 @@ impl Tensor {
             ));
         }
         let out: Vec<usize> = if holes == 1 {
-            if known == 0 || self.numel() % known != 0 {
+            if known == 0 || !self.numel().is_multiple_of(known) {
                 return Err(Error::shape(
                     "reshape",
                     format!(
@@ -829,7 +829,7 @@ impl Tensor {
     /// Negative amounts crop.
     #[track_caller]
     pub fn try_pad(&self, pad: &[isize], value: f64) -> Result<Tensor> {
-        if pad.len() % 2 != 0 || pad.len() / 2 > self.ndim() {
+        if !pad.len().is_multiple_of(2) || pad.len() / 2 > self.ndim() {
             return Err(Error::shape(
                 "pad",
                 format!(

@@ -87,7 +87,12 @@ pub(crate) fn read_storage(s: &Storage) -> Result<Option<Arc<Literal>>> {
             "a mutable ndarray view of this tensor is alive on this thread; drop it first".into(),
         ));
     }
-    Ok(s.read().unwrap_or_else(|p| p.into_inner()).clone())
+    let v = s.read().unwrap_or_else(|p| p.into_inner()).clone();
+    if v.is_none() {
+        // A value on a GPU is copied to the host on first read (see `resident`).
+        return crate::resident::fill_host(s);
+    }
+    Ok(v)
 }
 
 /// A tensor: a cheap, thread-safe handle (`Clone` shares it) to a node of the traced program.
@@ -426,9 +431,11 @@ impl Tensor {
         &self.0.ty
     }
 
-    /// Tensors live on the CPU in this build.
+    /// Where the tensor's value lives: a GPU for tensors moved there ([`Tensor::to_device`],
+    /// [`crate::nn::Module::to_device`]) or written there by a compiled step running on the GPU;
+    /// the CPU otherwise (unrealised ops included).
     pub fn device(&self) -> crate::Device {
-        crate::Device::Cpu
+        crate::resident::device_of(&self.0.storage)
     }
 
     /// The line of the user's program that created this tensor.
@@ -571,10 +578,36 @@ impl Tensor {
         })
     }
 
-    /// Moves the tensor to `device` (`.to(device)`): the same tensor for the CPU; an error for a
-    /// device this build cannot use.
+    /// The tensor on `device` (`.to(device)`): itself if it is there already, else a new leaf
+    /// holding a copy of its value there (with the same `requires_grad`; gradients do not flow
+    /// back through the copy — move a module's parameters in place with
+    /// [`crate::nn::Module::to_device`]). An error for a device this build or machine cannot
+    /// use. A GPU tensor's value is copied to the host when something reads it there (printing,
+    /// `to_vec`, `item`, an eager op); programs of a compiled step running on the GPU
+    /// (`KILN_BACKEND=cuda`) use it in place.
+    #[track_caller]
     pub fn to_device(&self, device: crate::Device) -> Result<Tensor> {
-        device.check()?;
-        Ok(self.clone())
+        let device = device.check()?;
+        if self.device() == device {
+            return Ok(self.clone());
+        }
+        let loc = Loc::caller();
+        let lit = self.literal()?;
+        let t = Tensor::leaf_with_storage(
+            Arc::new(RwLock::new(Some(lit))),
+            self.ty().clone(),
+            self.requires_grad(),
+            loc,
+        );
+        crate::resident::move_cell(&t.0.storage, device)?;
+        Ok(t)
+    }
+
+    /// Moves this tensor's value to `device` in place: the tensor, its aliases and whoever
+    /// holds it (an optimiser) follow.
+    pub(crate) fn move_storage_to(&self, device: crate::Device) -> Result<()> {
+        let device = device.check()?;
+        self.realize()?;
+        crate::resident::move_cell(&self.0.storage, device)
     }
 }

@@ -42,16 +42,24 @@ pub enum Backend {
     /// The Cranelift CPU compiler.
     #[default]
     Jit,
+    /// The GPU: the CPU compiler's schedule with PTX kernels, run through the CUDA runtime
+    /// (`KILN_CUDA_DEVICE` picks the device, default 0). Only builds with the `cuda` feature
+    /// can run it; others report that they have no CUDA backend.
+    Cuda,
 }
 
 impl Backend {
-    /// The backend selected by `KILN_BACKEND` (`interp` or `jit`), or the default (`jit`).
+    /// The backend selected by `KILN_BACKEND` (`interp`, `jit` or `cuda`), or the default
+    /// (`jit`).
     pub fn from_env() -> Backend {
         match std::env::var("KILN_BACKEND").as_deref() {
             Ok("interp") | Ok("interpreter") => Backend::Interpreter,
             Ok("jit") | Ok("cpu") | Ok("") | Err(_) => Backend::Jit,
+            Ok("cuda") | Ok("gpu") => Backend::Cuda,
             Ok(other) => {
-                log::warn!("KILN_BACKEND={other} is not a known backend (interp, jit); using jit");
+                log::warn!(
+                    "KILN_BACKEND={other} is not a known backend (interp, jit, cuda); using jit"
+                );
                 Backend::Jit
             }
         }
@@ -86,5 +94,19 @@ pub fn execute_on(
             bound.sort();
             Program::compile(graph, wanted, &bound)?.run(bindings)
         }
+        #[cfg(feature = "cuda")]
+        Backend::Cuda => {
+            let mut bound: Vec<NodeId> = bindings.keys().copied().collect();
+            bound.sort();
+            let ordinal = cuda::program::default_ordinal();
+            cuda::CudaProgram::compile(graph, wanted, &bound, ordinal)?.run(bindings)
+        }
+        #[cfg(not(feature = "cuda"))]
+        Backend::Cuda => Err(kiln_ir::IrError::Eval(NO_CUDA.into())),
     }
 }
+
+/// What `KILN_BACKEND=cuda` reports in a build without the `cuda` feature.
+#[cfg(not(feature = "cuda"))]
+pub const NO_CUDA: &str = "KILN_BACKEND=cuda: this build of kiln has no CUDA backend \
+     (rebuild with `--features cuda`; see docs/cuda.md)";

@@ -27,7 +27,9 @@ const MIN_REDUCED: usize = 1 << 16;
 
 /// The chunk count for an axis of extent `e`: the largest divisor in `8..=64`.
 fn chunks(e: usize) -> Option<usize> {
-    (8..=64usize).rev().find(|&p| e % p == 0 && e / p >= 2)
+    (8..=64usize)
+        .rev()
+        .find(|&p| e.is_multiple_of(p) && e / p >= 2)
 }
 
 /// Rewrites every large, few-output reduction of `g` into two stages; returns how many.

@@ -270,12 +270,15 @@ fn strided_slice_gradients_split_into_residue_classes() {
 /// 8..=64 (kept whole), and a bias-gradient-like sum over all axes but one.
 #[test]
 fn large_reductions_split_in_two_stages() {
-    run(&[(DType::F32, &[3, 1 << 16]), (DType::F32, &[67, 1031])], |g, x| {
-        let e = g.unary(UnaryOp::Tanh, x[0]).unwrap();
-        let full = g.reduce(ReduceOp::Sum, e, vec![0, 1]).unwrap();
-        let max = g.reduce(ReduceOp::Max, x[0], vec![0, 1]).unwrap();
-        let rows = g.reduce(ReduceOp::Sum, x[0], vec![1]).unwrap();
-        let prime = g.reduce(ReduceOp::Sum, x[1], vec![0, 1]).unwrap();
-        vec![full, max, rows, prime]
-    });
+    run(
+        &[(DType::F32, &[3, 1 << 16]), (DType::F32, &[67, 1031])],
+        |g, x| {
+            let e = g.unary(UnaryOp::Tanh, x[0]).unwrap();
+            let full = g.reduce(ReduceOp::Sum, e, vec![0, 1]).unwrap();
+            let max = g.reduce(ReduceOp::Max, x[0], vec![0, 1]).unwrap();
+            let rows = g.reduce(ReduceOp::Sum, x[0], vec![1]).unwrap();
+            let prime = g.reduce(ReduceOp::Sum, x[1], vec![0, 1]).unwrap();
+            vec![full, max, rows, prime]
+        },
+    );
 }

@@ -795,7 +795,7 @@ impl Gen<'_> {
         let ty = self.g.ty(x).clone();
         let nd = ty.rank() - 2;
         let c = ty.shape[1];
-        let groups = if c % 2 == 0 && self.rng.chance(0.3) {
+        let groups = if c.is_multiple_of(2) && self.rng.chance(0.3) {
             2
         } else {
             1

@@ -171,7 +171,7 @@ impl TrainConfig {
     }
 
     pub fn validate(&self) -> Result<()> {
-        if self.patch == 0 || self.patch % 8 != 0 {
+        if self.patch == 0 || !self.patch.is_multiple_of(8) {
             return Err(cfg_err(format!(
                 "the patch size must be a positive multiple of 8, got {}",
                 self.patch

@@ -119,6 +119,16 @@ pub trait Module {
         self.parameters().iter().map(|p| p.numel()).sum()
     }
 
+    /// Moves every parameter and buffer to `device` in place (PyTorch's `module.to(device)`):
+    /// the tensors keep their identity, so an optimiser made before or after sees them there.
+    /// On a GPU, a step compiled with `KILN_BACKEND=cuda` then updates them where they are.
+    fn to_device(&self, device: crate::Device) -> Result<()> {
+        for t in self.parameters().into_iter().chain(self.buffers()) {
+            t.move_storage_to(device)?;
+        }
+        Ok(())
+    }
+
     /// Clears every parameter's gradient (`zero_grad(set_to_none=True)`).
     fn zero_grad(&self) {
         for p in self.parameters() {

@@ -108,7 +108,7 @@ fn check_bufs(k: &Kernel, bufs: &[RawBuf]) -> Result<(), String> {
         let need = (p.len as usize)
             .checked_mul(size)
             .ok_or("buffer size overflows")?;
-        if b.bytes < need || (b.ptr as usize) % size != 0 {
+        if b.bytes < need || !(b.ptr as usize).is_multiple_of(size) {
             return Err(format!(
                 "kernel {}: buffer b{j} has {} bytes at {:p}, needs {need} aligned to {size}",
                 k.name, b.bytes, b.ptr

@@ -60,6 +60,52 @@ pub fn run(k: &Kernel, bufs: &mut [Data]) -> Result<(), String> {
     }
 }
 
+/// The state of a run between statements: loop and derived variables, values and
+/// accumulators. With [`run_stmts`] a test can run pieces of a kernel the way GPU threads do
+/// (each thread its own frame, accumulators combined between pieces).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Frame {
+    pub vars: Vec<i64>,
+    pub vals: Vec<Scalar>,
+    pub accs: Vec<Scalar>,
+}
+
+impl Frame {
+    /// Variables 0, values unset, accumulators at their identities.
+    pub fn new(k: &Kernel) -> Frame {
+        Frame {
+            vars: vec![0; k.vars.len()],
+            vals: vec![Scalar::Bool(false); k.vals.len()],
+            accs: k
+                .accs
+                .iter()
+                .map(|a| Scalar::identity(a.op, a.dtype))
+                .collect(),
+        }
+    }
+}
+
+/// Runs `stmts`, a part of `k`'s loop body, over `bufs` from `frame` (bounds-checked as
+/// [`run`]), leaving the final state in `frame`.
+pub fn run_stmts(
+    k: &Kernel,
+    stmts: &[Stmt],
+    bufs: &mut [Data],
+    frame: &mut Frame,
+) -> Result<(), String> {
+    let mut st = State {
+        k,
+        vars: std::mem::take(&mut frame.vars),
+        vals: std::mem::take(&mut frame.vals),
+        accs: std::mem::take(&mut frame.accs),
+    };
+    let r = st.stmts(stmts, bufs);
+    frame.vars = st.vars;
+    frame.vals = st.vals;
+    frame.accs = st.accs;
+    r
+}
+
 struct State<'a> {
     k: &'a Kernel,
     vars: Vec<i64>,

@@ -2,6 +2,8 @@
 //! running one graph on the reference interpreter, the JIT and the kernel IR interpreter.
 #![allow(dead_code)]
 
+pub mod gen;
+
 use kiln_codegen::Program;
 use kiln_ir::{DType, Data, Graph, Literal, NodeId};
 use std::collections::HashMap;
