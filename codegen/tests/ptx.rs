@@ -1581,7 +1581,8 @@ fn f64_math_pow_accuracy() {
 }
 
 /// `cuobjdump`: `KILN_CUOBJDUMP`, else the `nvidia-cuda-cuobjdump` wheel under `target/`
-/// (`pip install --target target/ci-sass nvidia-cuda-cuobjdump`), else `PATH`.
+/// (`pip install --target target/ci-sass nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm`: it runs
+/// nvdisasm from its own directory), else `PATH`.
 fn find_cuobjdump() -> Result<PathBuf, String> {
     let mut cands: Vec<PathBuf> = std::env::var_os("KILN_CUOBJDUMP")
         .map(PathBuf::from)
