@@ -24,6 +24,15 @@ pub enum Prepared {
 }
 
 impl Prepared {
+    /// Floating-point operations of the contraction (0 for none).
+    pub fn flops(&self) -> f64 {
+        match self {
+            Prepared::None => 0.0,
+            Prepared::MatMul(s) => s.flops(),
+            Prepared::Conv(g) | Prepared::ConvTranspose(g) | Prepared::ConvWeight(g) => g.flops(),
+        }
+    }
+
     /// Validates the shapes of a kernel's contraction, if it has one.
     pub fn new(k: &Kernel) -> Result<Prepared, String> {
         let Body::Call(c) = &k.body else {
@@ -48,7 +57,42 @@ impl Prepared {
 }
 
 /// Below this many loop iterations a kernel runs on the calling thread.
-static PARALLEL_MIN_WORK: AtomicU64 = AtomicU64::new(1 << 15);
+static PARALLEL_MIN_WORK: AtomicU64 = AtomicU64::new(DEFAULT_PARALLEL_MIN_WORK);
+
+thread_local! {
+    /// Set while [`sequential`] runs a program: kernels and contractions do not split.
+    static SEQUENTIAL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// The default of [`set_parallel_min_work`].
+const DEFAULT_PARALLEL_MIN_WORK: u64 = 1 << 15;
+
+/// Whether small programs run on one thread: yes, unless a test lowered the parallel
+/// threshold below its default to exercise the threaded paths on small data.
+pub fn small_programs_sequential() -> bool {
+    PARALLEL_MIN_WORK.load(Ordering::Relaxed) >= DEFAULT_PARALLEL_MIN_WORK
+}
+
+/// Runs `f` (a small program's kernels) with every kernel on the calling thread.
+pub fn sequential<R>(f: impl FnOnce() -> R) -> R {
+    struct Reset(bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            SEQUENTIAL.with(|s| s.set(self.0));
+        }
+    }
+    let _reset = Reset(SEQUENTIAL.with(|s| s.replace(true)));
+    f()
+}
+
+/// Threads a kernel may use here: 1 inside [`sequential`], else rayon's pool.
+fn threads() -> usize {
+    if SEQUENTIAL.with(|s| s.get()) {
+        1
+    } else {
+        rayon::current_num_threads()
+    }
+}
 
 /// Sets the number of loop iterations from which a kernel with a parallel outer loop is
 /// split across threads (tests lower it to exercise the parallel paths on small data).
@@ -215,7 +259,10 @@ fn call(
     let len = |b: crate::kernel::Buf| k.params[b.0 as usize].len as usize;
     let raw = |b: crate::kernel::Buf| bufs[b.0 as usize].ptr;
     let (a, b, o) = (c.inputs[0], c.inputs[1], c.output);
-    let cfg = contract::Config::default();
+    let cfg = contract::Config {
+        threads: threads(),
+        ..contract::Config::default()
+    };
     let r = match c.dtype {
         DType::F32 => {
             // SAFETY: checked by `check_bufs`: each pointer is aligned and valid for `len`
@@ -290,7 +337,7 @@ fn run_loops(k: &Kernel, f: KernelFn, bufs: &[RawBuf]) {
     let func: extern "C" fn(*const *mut u8, i64, i64) =
         unsafe { std::mem::transmute::<*const u8, _>(f.0) };
     let ptrs: Vec<*mut u8> = bufs.iter().map(|b| b.ptr).collect();
-    let threads = rayon::current_num_threads();
+    let threads = threads();
     match k.parallel_loop() {
         Some(l)
             if threads > 1
