@@ -130,26 +130,7 @@ fn op_zoo() -> models::Model {
             for &u in unary {
                 w.push(g.unary(u, a).unwrap());
             }
-            let binary: &[BinaryOp] = if d.is_float() {
-                &[
-                    BinaryOp::Add,
-                    BinaryOp::Sub,
-                    BinaryOp::Mul,
-                    BinaryOp::Div,
-                    BinaryOp::Max,
-                    BinaryOp::Min,
-                    BinaryOp::Pow,
-                ]
-            } else {
-                &[
-                    BinaryOp::Add,
-                    BinaryOp::Sub,
-                    BinaryOp::Mul,
-                    BinaryOp::Max,
-                    BinaryOp::Min,
-                ]
-            };
-            for &op in binary {
+            for &op in common::gen::binary_ops(d.is_float()) {
                 w.push(g.binary(op, a, b).unwrap());
             }
             for op in [ReduceOp::Sum, ReduceOp::Max] {

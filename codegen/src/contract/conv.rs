@@ -823,7 +823,7 @@ pub fn conv_weight<T: Float>(
     }
     // f32 on AVX-512: the block's gradient as `dY · Col^T` on `wide::gemm_nt` (its result
     // `[cyg, kc]`, row a: output channel a, instead of the transposed one).
-    let wide_ok = T::as_f32(x).is_some() && wide::applies(1, 64, 1, 1);
+    let wide_ok = T::as_f32(x).is_some() && wide::available();
     // One tile width for all blocks (the largest block's), so that all share the plans.
     let plans = if g.y_sp > 0 {
         let rows = cxg.div_ceil(blocks) * k_sp;

@@ -31,13 +31,15 @@ pub fn applies(m: usize, n: usize, k: usize, rhs_cs: usize) -> bool {
     m > 0 && m <= 12 * MR && n >= NR && k > 0 && rhs_cs == 1 && available()
 }
 
+/// Whether this CPU runs the wide kernels (AVX-512F, checked at run time).
 #[cfg(target_arch = "x86_64")]
-fn available() -> bool {
+pub fn available() -> bool {
     std::arch::is_x86_feature_detected!("avx512f")
 }
 
+/// Whether this CPU runs the wide kernels: never off x86_64.
 #[cfg(not(target_arch = "x86_64"))]
-fn available() -> bool {
+pub fn available() -> bool {
     false
 }
 
@@ -407,6 +409,38 @@ unsafe fn kernel(
 mod tests {
     use super::*;
 
+    /// `c` (from `c0`, row stride `c_rs`) against the definition `C (+)= A·B` in f64, and
+    /// untouched past column `n`. `a_at(i, p)`, `b_at(p, j)` read the operands.
+    fn check(
+        c: &[f32],
+        c0: &[f32],
+        (m, n, k): (usize, usize, usize),
+        c_rs: usize,
+        accumulate: bool,
+        a_at: impl Fn(usize, usize) -> f32,
+        b_at: impl Fn(usize, usize) -> f32,
+    ) {
+        for i in 0..m {
+            for j in 0..c_rs {
+                let got = c[i * c_rs + j];
+                if j >= n {
+                    assert_eq!(got, c0[i * c_rs + j], "wrote past the columns");
+                    continue;
+                }
+                let start = if accumulate {
+                    c0[i * c_rs + j] as f64
+                } else {
+                    0.0
+                };
+                let want = (0..k).fold(start, |s, p| s + a_at(i, p) as f64 * b_at(p, j) as f64);
+                assert!(
+                    (got as f64 - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                    "m {m} n {n} k {k}: C[{i}][{j}] = {got}, want {want}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn nt_matches_the_definition() {
         if !available() {
@@ -430,27 +464,8 @@ mod tests {
             let c0: Vec<f32> = (0..m * c_rs).map(|i| (i % 5) as f32).collect();
             let mut c = c0.clone();
             gemm_nt(m, n, k, &a, a_rs, &b, b_rs, &mut c, c_rs, accumulate).unwrap();
-            for i in 0..m {
-                for j in 0..c_rs {
-                    let got = c[i * c_rs + j];
-                    if j >= n {
-                        assert_eq!(got, c0[i * c_rs + j], "wrote past the columns");
-                        continue;
-                    }
-                    let mut want = if accumulate {
-                        c0[i * c_rs + j] as f64
-                    } else {
-                        0.0
-                    };
-                    for p in 0..k {
-                        want += a[i * a_rs + p] as f64 * b[j * b_rs + p] as f64;
-                    }
-                    assert!(
-                        (got as f64 - want).abs() <= 1e-4 * (1.0 + want.abs()),
-                        "m {m} n {n} k {k}: C[{i}][{j}] = {got}, want {want}"
-                    );
-                }
-            }
+            let (a_at, b_at) = (|i, p| a[i * a_rs + p], |p, j| b[j * b_rs + p]);
+            check(&c, &c0, (m, n, k), c_rs, accumulate, a_at, b_at);
         }
     }
 
@@ -481,27 +496,8 @@ mod tests {
             let mut c = c0.clone();
             let pa = PackedA::new(m, k, |i, p| a[i * k + p]);
             gemm(&pa, n, &b, b_rs, &mut c, c_rs, accumulate, par).unwrap();
-            for i in 0..m {
-                for j in 0..c_rs {
-                    let got = c[i * c_rs + j];
-                    if j >= n {
-                        assert_eq!(got, c0[i * c_rs + j], "wrote past the columns");
-                        continue;
-                    }
-                    let mut want = if accumulate {
-                        c0[i * c_rs + j] as f64
-                    } else {
-                        0.0
-                    };
-                    for p in 0..k {
-                        want += a[i * k + p] as f64 * b[p * b_rs + j] as f64;
-                    }
-                    assert!(
-                        (got as f64 - want).abs() <= 1e-4 * (1.0 + want.abs()),
-                        "m {m} n {n} k {k}: C[{i}][{j}] = {got}, want {want}"
-                    );
-                }
-            }
+            let (a_at, b_at) = (|i, p| a[i * k + p], |p, j| b[p * b_rs + j]);
+            check(&c, &c0, (m, n, k), c_rs, accumulate, a_at, b_at);
         }
     }
 }

@@ -256,41 +256,41 @@ fn call(
     bufs: &[RawBuf],
     epilogue: Option<EpilogueCall<'_>>,
 ) -> Result<(), String> {
-    let len = |b: crate::kernel::Buf| k.params[b.0 as usize].len as usize;
-    let raw = |b: crate::kernel::Buf| bufs[b.0 as usize].ptr;
-    let (a, b, o) = (c.inputs[0], c.inputs[1], c.output);
     let cfg = contract::Config {
         threads: threads(),
         ..contract::Config::default()
     };
     let r = match c.dtype {
-        DType::F32 => {
-            // SAFETY: checked by `check_bufs`: each pointer is aligned and valid for `len`
-            // elements of this dtype, initialised (bindings, constants, or buffers allocated
-            // zeroed); the output overlaps neither input.
-            let (a, b, o) = unsafe {
-                (
-                    std::slice::from_raw_parts(raw(a) as *const f32, len(a)),
-                    std::slice::from_raw_parts(raw(b) as *const f32, len(b)),
-                    std::slice::from_raw_parts_mut(raw(o) as *mut f32, len(o)),
-                )
-            };
-            with_epilogue(epilogue, |epi| contract_call(prep, a, b, o, epi, &cfg))
-        }
-        DType::F64 => {
-            // SAFETY: as above.
-            let (a, b, o) = unsafe {
-                (
-                    std::slice::from_raw_parts(raw(a) as *const f64, len(a)),
-                    std::slice::from_raw_parts(raw(b) as *const f64, len(b)),
-                    std::slice::from_raw_parts_mut(raw(o) as *mut f64, len(o)),
-                )
-            };
-            with_epilogue(epilogue, |epi| contract_call(prep, a, b, o, epi, &cfg))
-        }
+        DType::F32 => typed_call::<f32>(k, c, prep, bufs, epilogue, &cfg),
+        DType::F64 => typed_call::<f64>(k, c, prep, bufs, epilogue, &cfg),
         d => return Err(format!("kernel {}: contraction on {d}", k.name)),
     };
     r.map_err(|e| format!("kernel {}: {e}", k.name))
+}
+
+/// [`call`] for element type `T` (the call's dtype).
+fn typed_call<T: contract::Float>(
+    k: &Kernel,
+    c: &crate::kernel::Call,
+    prep: &Prepared,
+    bufs: &[RawBuf],
+    epilogue: Option<EpilogueCall<'_>>,
+    cfg: &contract::Config,
+) -> Result<(), String> {
+    let len = |b: crate::kernel::Buf| k.params[b.0 as usize].len as usize;
+    let raw = |b: crate::kernel::Buf| bufs[b.0 as usize].ptr;
+    let (a, b, o) = (c.inputs[0], c.inputs[1], c.output);
+    // SAFETY: checked by `check_bufs`: each pointer is aligned and valid for `len` elements
+    // of the call's dtype, which is `T` (the caller dispatches on it), initialised (bindings,
+    // constants, or buffers allocated zeroed); the output overlaps neither input.
+    let (a, b, o) = unsafe {
+        (
+            std::slice::from_raw_parts(raw(a) as *const T, len(a)),
+            std::slice::from_raw_parts(raw(b) as *const T, len(b)),
+            std::slice::from_raw_parts_mut(raw(o) as *mut T, len(o)),
+        )
+    };
+    with_epilogue(epilogue, |epi| contract_call(prep, a, b, o, epi, cfg))
 }
 
 /// The epilogue's buffer pointers, shared by the contraction's worker threads.
@@ -300,9 +300,31 @@ struct EpiPtrs(Vec<*mut u8>);
 unsafe impl Sync for EpiPtrs {}
 unsafe impl Send for EpiPtrs {}
 
+/// Epilogue kernels with at most this many parameters get their pointer list on the stack
+/// (the callback runs once per finished run of the output: thousands of times a call).
+const STACK_PTRS: usize = 16;
+
 impl EpiPtrs {
-    fn get(&self) -> Vec<*mut u8> {
-        self.0.clone()
+    /// Calls `func` over `lo..hi` with parameter `j` replaced by `pj`.
+    fn call(
+        &self,
+        func: extern "C" fn(*const *mut u8, i64, i64),
+        j: usize,
+        pj: *mut u8,
+        lo: i64,
+        hi: i64,
+    ) {
+        let n = self.0.len();
+        if n <= STACK_PTRS {
+            let mut p = [std::ptr::null_mut(); STACK_PTRS];
+            p[..n].copy_from_slice(&self.0);
+            p[j] = pj;
+            func(p.as_ptr(), lo, hi);
+        } else {
+            let mut p = self.0.clone();
+            p[j] = pj;
+            func(p.as_ptr(), lo, hi);
+        }
     }
 }
 
@@ -321,10 +343,9 @@ fn with_epilogue<T: contract::Float>(
     let ptrs = EpiPtrs(ebufs.iter().map(|b| b.ptr).collect());
     let size = std::mem::size_of::<T>();
     let map = move |offset: usize, run: &mut [T]| {
-        let mut p = ptrs.get();
         // Derived from the run (see `run_fused`): index `offset + i` is `run[i]`.
-        p[j] = (run.as_mut_ptr() as *mut u8).wrapping_sub(offset * size);
-        func(p.as_ptr(), offset as i64, (offset + run.len()) as i64);
+        let pj = (run.as_mut_ptr() as *mut u8).wrapping_sub(offset * size);
+        ptrs.call(func, j, pj, offset as i64, (offset + run.len()) as i64);
     };
     f(&Epilogue::none().with_map(&map))
 }

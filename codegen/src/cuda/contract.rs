@@ -510,8 +510,8 @@ pub fn gemm(k: &Kernel) -> Result<Option<Gemm>, EmitError> {
             digits(Axis::R, &with(&rv), &mut parts);
             (*batch as u64, *m as u64, *n as u64, *kk as u64, a_op, b_op)
         }
-        Contraction::Conv { y, params, .. } => {
-            // pv = [n, o, ys..], rv = [cc, ks..]
+        Contraction::Conv { y, params, .. } | Contraction::ConvTranspose { y, params, .. } => {
+            // pv = [n, o (conv_transpose: co), ys..], rv = [cc, ks..]
             let (groups, per) = (params.groups, y[1] / params.groups.max(1));
             grouped(pv[1], groups, per, &mut parts);
             let mut jv = vec![pv[0]];
@@ -525,16 +525,6 @@ pub fn gemm(k: &Kernel) -> Result<Option<Gemm>, EmitError> {
             let (groups, per) = (params.groups, dw[0] / params.groups.max(1));
             grouped(pv[0], groups, per, &mut parts);
             let n = digits(Axis::J, &with(&pv[1..]), &mut parts);
-            let kk = digits(Axis::R, &with(&rv), &mut parts);
-            (groups as u64, per as u64, n, kk, b_op, a_op)
-        }
-        Contraction::ConvTranspose { y, params, .. } => {
-            // pv = [n, co, ys..], rv = [cc, ks..]
-            let (groups, per) = (params.groups, y[1] / params.groups.max(1));
-            grouped(pv[1], groups, per, &mut parts);
-            let mut jv = vec![pv[0]];
-            jv.extend(&pv[2..]);
-            let n = digits(Axis::J, &with(&jv), &mut parts);
             let kk = digits(Axis::R, &with(&rv), &mut parts);
             (groups as u64, per as u64, n, kk, b_op, a_op)
         }

@@ -942,19 +942,8 @@ impl Em<'_> {
                 self.stmt(s)?;
                 continue;
             };
-            let n = self.labels;
-            self.labels += 1;
             self.store_pred = None;
-            self.line("mov.u64 %rf, %tid64;");
-            self.label(&format!("$L_red{n}"));
-            let q = self.q();
-            self.line(&format!("setp.ge.u64 {q}, %rf, {};", red.total));
-            self.line(&format!("@{q} bra $L_redend{n};"));
-            self.split_into("%rf", &red.nest);
-            self.stmts(red.inner)?;
-            self.line(&format!("add.u64 %rf, %rf, {threads};"));
-            self.line(&format!("bra.uni $L_red{n};"));
-            self.label(&format!("$L_redend{n}"));
+            self.red_loop(red, "mov.u64 %rf, %tid64;", u64::from(threads))?;
             for &a in &red.combine {
                 self.combine(a, threads)?;
             }
@@ -964,6 +953,26 @@ impl Em<'_> {
         self.line("add.u64 %flat, %flat, %step;");
         self.line("bra.uni $L_grid;");
         Ok(())
+    }
+
+    /// A block's threads striding over one reduction loop nest: `%rf` starts where `init`
+    /// puts it and advances by `stride` while below the nest's flat extent, split into the
+    /// nest's variables for each visit of the body. Returns the loop's label number (the
+    /// caller's own labels after it reuse it).
+    fn red_loop(&mut self, red: &RedLoop<'_>, init: &str, stride: u64) -> Result<u32, EmitError> {
+        let n = self.labels;
+        self.labels += 1;
+        self.line(init);
+        self.label(&format!("$L_red{n}"));
+        let q = self.q();
+        self.line(&format!("setp.ge.u64 {q}, %rf, {};", red.total));
+        self.line(&format!("@{q} bra $L_redend{n};"));
+        self.split_into("%rf", &red.nest);
+        self.stmts(red.inner)?;
+        self.line(&format!("add.u64 %rf, %rf, {stride};"));
+        self.line(&format!("bra.uni $L_red{n};"));
+        self.label(&format!("$L_redend{n}"));
+        Ok(n)
     }
 
     /// The split block reduction (see [`Mapping::BlockReduce`]).
@@ -1009,19 +1018,9 @@ impl Em<'_> {
             let decl = self.acc(a)?;
             let (d, x) = (decl.dtype, acc_reg(decl.dtype, a.0));
             let mt = mem_ty(d);
-            let n = self.labels;
-            self.labels += 1;
             self.store_pred = None;
-            self.line(&format!("mad.lo.u64 %rf, %step, {threads}, %tid64;"));
-            self.label(&format!("$L_red{n}"));
-            let q = self.q();
-            self.line(&format!("setp.ge.u64 {q}, %rf, {};", red.total));
-            self.line(&format!("@{q} bra $L_redend{n};"));
-            self.split_into("%rf", &red.nest);
-            self.stmts(red.inner)?;
-            self.line(&format!("add.u64 %rf, %rf, {stride};"));
-            self.line(&format!("bra.uni $L_red{n};"));
-            self.label(&format!("$L_redend{n}"));
+            let init = format!("mad.lo.u64 %rf, %step, {threads}, %tid64;");
+            let n = self.red_loop(red, &init, stride)?;
             self.combine(a, threads)?;
             // Publish the block's total; the last block of the output goes on.
             let (slot, cnt, old, flag) = (self.t(), self.t(), self.r(), self.r());

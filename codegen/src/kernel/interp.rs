@@ -33,19 +33,7 @@ pub fn run(k: &Kernel, bufs: &mut [Data]) -> Result<(), String> {
         }
     }
     match &k.body {
-        Body::Loops(stmts) => {
-            let mut st = State {
-                k,
-                vars: vec![0; k.vars.len()],
-                vals: vec![Scalar::Bool(false); k.vals.len()],
-                accs: k
-                    .accs
-                    .iter()
-                    .map(|a| Scalar::identity(a.op, a.dtype))
-                    .collect(),
-            };
-            st.stmts(stmts, bufs)
-        }
+        Body::Loops(stmts) => run_stmts(k, stmts, bufs, &mut Frame::new(k)),
         Body::Call(c) => {
             let mut out = std::mem::replace(&mut bufs[c.output.0 as usize], Data::Bool(vec![]));
             let r = crate::cpu::naive::run(

@@ -136,25 +136,7 @@ impl Gen<'_> {
                 self.add(r);
             }
             2..=4 if ty.dtype.is_numeric() => {
-                let ops: &[BinaryOp] = if float {
-                    &[
-                        BinaryOp::Add,
-                        BinaryOp::Sub,
-                        BinaryOp::Mul,
-                        BinaryOp::Div,
-                        BinaryOp::Max,
-                        BinaryOp::Min,
-                        BinaryOp::Pow,
-                    ]
-                } else {
-                    &[
-                        BinaryOp::Add,
-                        BinaryOp::Sub,
-                        BinaryOp::Mul,
-                        BinaryOp::Max,
-                        BinaryOp::Min,
-                    ]
-                };
+                let ops = binary_ops(float);
                 let op = *self.rng.pick(ops);
                 let mut b = self.like(&ty);
                 if matches!(op, BinaryOp::Div | BinaryOp::Pow) {
@@ -422,4 +404,28 @@ pub fn build(seed: u64) -> (Graph, Vec<(NodeId, Literal)>, Vec<NodeId>, bool) {
         }
     }
     (g, inputs, wanted, loose)
+}
+
+/// The binary ops defined on a dtype: all of them on floats; no division or power on
+/// integers (whose division by zero has no value to compare).
+pub fn binary_ops(float: bool) -> &'static [BinaryOp] {
+    if float {
+        &[
+            BinaryOp::Add,
+            BinaryOp::Sub,
+            BinaryOp::Mul,
+            BinaryOp::Div,
+            BinaryOp::Max,
+            BinaryOp::Min,
+            BinaryOp::Pow,
+        ]
+    } else {
+        &[
+            BinaryOp::Add,
+            BinaryOp::Sub,
+            BinaryOp::Mul,
+            BinaryOp::Max,
+            BinaryOp::Min,
+        ]
+    }
 }
