@@ -130,6 +130,23 @@ macro_rules! unary_methods {
     )*};
 }
 
+/// Binary arithmetic with a tensor or a scalar, broadcasting and promoting: a `try_` form
+/// returning the error, and a panicking form that names the caller's line.
+macro_rules! binary_methods {
+    ($($(#[$doc:meta])* $try_name:ident, $name:ident => $op:ident, $label:literal;)*) => {$(
+        $(#[$doc])*
+        #[track_caller]
+        pub fn $try_name<'a>(&self, o: impl Into<Operand<'a>>) -> Result<Tensor> {
+            self.binary_op(o.into(), BinaryOp::$op, $label)
+        }
+        $(#[$doc])*
+        #[track_caller]
+        pub fn $name<'a>(&self, o: impl Into<Operand<'a>>) -> Tensor {
+            self.$try_name(o).unwrap_or_else(|e| panic!("{e}"))
+        }
+    )*};
+}
+
 /// Comparisons with a tensor or a scalar, broadcasting; the result is a bool tensor.
 macro_rules! compare_methods {
     ($($name:ident => $op:ident;)*) => {$(
@@ -269,65 +286,21 @@ impl Tensor {
 
     // ----- elementwise ----------------------------------------------------------------------
 
-    #[track_caller]
-    pub fn try_add<'a>(&self, o: impl Into<Operand<'a>>) -> Result<Tensor> {
-        self.binary_op(o.into(), BinaryOp::Add, "Add")
-    }
-    #[track_caller]
-    pub fn try_sub<'a>(&self, o: impl Into<Operand<'a>>) -> Result<Tensor> {
-        self.binary_op(o.into(), BinaryOp::Sub, "Sub")
-    }
-    #[track_caller]
-    pub fn try_mul<'a>(&self, o: impl Into<Operand<'a>>) -> Result<Tensor> {
-        self.binary_op(o.into(), BinaryOp::Mul, "Mul")
-    }
-    #[track_caller]
-    pub fn try_div<'a>(&self, o: impl Into<Operand<'a>>) -> Result<Tensor> {
-        self.binary_op(o.into(), BinaryOp::Div, "Div")
-    }
-    /// `self ** exponent` (`torch.pow`).
-    #[track_caller]
-    pub fn try_pow<'a>(&self, o: impl Into<Operand<'a>>) -> Result<Tensor> {
-        self.binary_op(o.into(), BinaryOp::Pow, "Pow")
-    }
-    /// Elementwise maximum (`torch.maximum`); ties split the gradient evenly.
-    #[track_caller]
-    pub fn try_maximum<'a>(&self, o: impl Into<Operand<'a>>) -> Result<Tensor> {
-        self.binary_op(o.into(), BinaryOp::Max, "Maximum")
-    }
-    /// Elementwise minimum (`torch.minimum`); ties split the gradient evenly.
-    #[track_caller]
-    pub fn try_minimum<'a>(&self, o: impl Into<Operand<'a>>) -> Result<Tensor> {
-        self.binary_op(o.into(), BinaryOp::Min, "Minimum")
-    }
-
-    #[track_caller]
-    pub fn add<'a>(&self, o: impl Into<Operand<'a>>) -> Tensor {
-        self.try_add(o).unwrap_or_else(|e| panic!("{e}"))
-    }
-    #[track_caller]
-    pub fn sub<'a>(&self, o: impl Into<Operand<'a>>) -> Tensor {
-        self.try_sub(o).unwrap_or_else(|e| panic!("{e}"))
-    }
-    #[track_caller]
-    pub fn mul<'a>(&self, o: impl Into<Operand<'a>>) -> Tensor {
-        self.try_mul(o).unwrap_or_else(|e| panic!("{e}"))
-    }
-    #[track_caller]
-    pub fn div<'a>(&self, o: impl Into<Operand<'a>>) -> Tensor {
-        self.try_div(o).unwrap_or_else(|e| panic!("{e}"))
-    }
-    #[track_caller]
-    pub fn pow<'a>(&self, o: impl Into<Operand<'a>>) -> Tensor {
-        self.try_pow(o).unwrap_or_else(|e| panic!("{e}"))
-    }
-    #[track_caller]
-    pub fn maximum<'a>(&self, o: impl Into<Operand<'a>>) -> Tensor {
-        self.try_maximum(o).unwrap_or_else(|e| panic!("{e}"))
-    }
-    #[track_caller]
-    pub fn minimum<'a>(&self, o: impl Into<Operand<'a>>) -> Tensor {
-        self.try_minimum(o).unwrap_or_else(|e| panic!("{e}"))
+    binary_methods! {
+        /// `self + other`, broadcasting (`torch.add`).
+        try_add, add => Add, "Add";
+        /// `self - other`, broadcasting (`torch.sub`).
+        try_sub, sub => Sub, "Sub";
+        /// `self * other`, broadcasting (`torch.mul`).
+        try_mul, mul => Mul, "Mul";
+        /// `self / other`, broadcasting (`torch.div`, true division).
+        try_div, div => Div, "Div";
+        /// `self ** exponent` (`torch.pow`).
+        try_pow, pow => Pow, "Pow";
+        /// Elementwise maximum (`torch.maximum`); ties split the gradient evenly.
+        try_maximum, maximum => Max, "Maximum";
+        /// Elementwise minimum (`torch.minimum`); ties split the gradient evenly.
+        try_minimum, minimum => Min, "Minimum";
     }
 
     unary_methods! {

@@ -53,6 +53,33 @@ use crate::tensor::Tensor;
 use kiln_ir::DType;
 use std::collections::{HashMap, HashSet};
 
+/// Builder setters that store their argument in the field of the same name: on an options
+/// struct (`$opts`, by value), and, when an optimiser type is given, the same on the
+/// optimiser (forwarding to its options).
+macro_rules! option_setters {
+    ($opts:ty; $($name:ident: $t:ty),* $(,)?) => {
+        impl $opts {
+            $(
+                pub fn $name(mut self, $name: $t) -> Self {
+                    self.$name = $name;
+                    self
+                }
+            )*
+        }
+    };
+    ($opts:ty, $opt:ty; $($name:ident: $t:ty),* $(,)?) => {
+        option_setters!($opts; $($name: $t),*);
+        impl $opt {
+            $(
+                pub fn $name(mut self, $name: $t) -> Self {
+                    self.core.map_options(|o| o.$name = $name);
+                    self
+                }
+            )*
+        }
+    };
+}
+
 mod adadelta;
 mod adam;
 mod clip;

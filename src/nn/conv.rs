@@ -138,6 +138,22 @@ impl<const N: usize> ConvOptions<N> {
     }
 }
 
+/// PyTorch's initialisation of a convolution's parameters: weight of `shape` and (if `bias`)
+/// a bias of `out_channels`, both `U(-b, b)` with `b = 1/sqrt(fan_in)`, `fan_in` the product
+/// of the weight's dims after the first.
+fn init_weight_bias(
+    shape: &[usize],
+    out_channels: usize,
+    bias: bool,
+    g: &mut Generator,
+) -> (Tensor, Option<Tensor>) {
+    let fan_in: usize = shape[1..].iter().product();
+    let bound = 1.0 / (fan_in as f64).sqrt();
+    let weight = uniform_tensor(shape, bound, g).requires_grad_(true);
+    let bias = bias.then(|| uniform_tensor(&[out_channels], bound, g).requires_grad_(true));
+    (weight, bias)
+}
+
 /// Convolution (cross-correlation) over `N` spatial axes (`nn.Conv1d/2d/3d`).
 ///
 /// Input `[B, Cin, *spatial]` (or unbatched `[Cin, *spatial]`), weight
@@ -176,12 +192,7 @@ impl<const N: usize> Conv<N> {
         options.check(conv_name(N, false), false)?;
         let mut shape = vec![options.out_channels, options.in_channels / options.groups];
         shape.extend(options.kernel_size);
-        let fan_in: usize = shape[1..].iter().product();
-        let bound = 1.0 / (fan_in as f64).sqrt();
-        let weight = uniform_tensor(&shape, bound, g).requires_grad_(true);
-        let bias = options
-            .bias
-            .then(|| uniform_tensor(&[options.out_channels], bound, g).requires_grad_(true));
+        let (weight, bias) = init_weight_bias(&shape, options.out_channels, options.bias, g);
         Ok(Conv {
             weight,
             bias,
@@ -245,12 +256,7 @@ impl<const N: usize> ConvTranspose<N> {
         options.check(conv_name(N, true), true)?;
         let mut shape = vec![options.in_channels, options.out_channels / options.groups];
         shape.extend(options.kernel_size);
-        let fan_in: usize = shape[1..].iter().product();
-        let bound = 1.0 / (fan_in as f64).sqrt();
-        let weight = uniform_tensor(&shape, bound, g).requires_grad_(true);
-        let bias = options
-            .bias
-            .then(|| uniform_tensor(&[options.out_channels], bound, g).requires_grad_(true));
+        let (weight, bias) = init_weight_bias(&shape, options.out_channels, options.bias, g);
         Ok(ConvTranspose {
             weight,
             bias,

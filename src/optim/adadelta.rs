@@ -27,28 +27,7 @@ impl Default for AdadeltaOptions {
     }
 }
 
-impl AdadeltaOptions {
-    pub fn lr(mut self, lr: f64) -> Self {
-        self.lr = lr;
-        self
-    }
-    pub fn rho(mut self, rho: f64) -> Self {
-        self.rho = rho;
-        self
-    }
-    pub fn eps(mut self, eps: f64) -> Self {
-        self.eps = eps;
-        self
-    }
-    pub fn weight_decay(mut self, weight_decay: f64) -> Self {
-        self.weight_decay = weight_decay;
-        self
-    }
-    pub fn maximize(mut self, maximize: bool) -> Self {
-        self.maximize = maximize;
-        self
-    }
-}
+option_setters!(AdadeltaOptions, Adadelta; lr: f64, rho: f64, eps: f64, weight_decay: f64, maximize: bool);
 
 impl UpdateRule for AdadeltaOptions {
     fn name(&self) -> &'static str {
@@ -129,27 +108,6 @@ impl Adadelta {
         Adadelta {
             core: Core::new(params, options),
         }
-    }
-
-    pub fn lr(mut self, lr: f64) -> Adadelta {
-        self.core.map_options(|o| o.lr = lr);
-        self
-    }
-    pub fn rho(mut self, rho: f64) -> Adadelta {
-        self.core.map_options(|o| o.rho = rho);
-        self
-    }
-    pub fn eps(mut self, eps: f64) -> Adadelta {
-        self.core.map_options(|o| o.eps = eps);
-        self
-    }
-    pub fn weight_decay(mut self, weight_decay: f64) -> Adadelta {
-        self.core.map_options(|o| o.weight_decay = weight_decay);
-        self
-    }
-    pub fn maximize(mut self, maximize: bool) -> Adadelta {
-        self.core.map_options(|o| o.maximize = maximize);
-        self
     }
 }
 

@@ -43,28 +43,8 @@ impl AdamOptions {
             ..AdamOptions::default()
         }
     }
-    pub fn lr(mut self, lr: f64) -> Self {
-        self.lr = lr;
-        self
-    }
     pub fn betas(mut self, beta1: f64, beta2: f64) -> Self {
         self.betas = (beta1, beta2);
-        self
-    }
-    pub fn eps(mut self, eps: f64) -> Self {
-        self.eps = eps;
-        self
-    }
-    pub fn weight_decay(mut self, weight_decay: f64) -> Self {
-        self.weight_decay = weight_decay;
-        self
-    }
-    pub fn amsgrad(mut self, amsgrad: bool) -> Self {
-        self.amsgrad = amsgrad;
-        self
-    }
-    pub fn maximize(mut self, maximize: bool) -> Self {
-        self.maximize = maximize;
         self
     }
     pub fn decoupled_weight_decay(mut self, decoupled: bool) -> Self {
@@ -72,6 +52,8 @@ impl AdamOptions {
         self
     }
 }
+
+option_setters!(AdamOptions; lr: f64, eps: f64, weight_decay: f64, amsgrad: bool, maximize: bool);
 
 impl UpdateRule for AdamOptions {
     fn name(&self) -> &'static str {

@@ -31,36 +31,7 @@ impl Default for RmsPropOptions {
     }
 }
 
-impl RmsPropOptions {
-    pub fn lr(mut self, lr: f64) -> Self {
-        self.lr = lr;
-        self
-    }
-    pub fn alpha(mut self, alpha: f64) -> Self {
-        self.alpha = alpha;
-        self
-    }
-    pub fn eps(mut self, eps: f64) -> Self {
-        self.eps = eps;
-        self
-    }
-    pub fn weight_decay(mut self, weight_decay: f64) -> Self {
-        self.weight_decay = weight_decay;
-        self
-    }
-    pub fn momentum(mut self, momentum: f64) -> Self {
-        self.momentum = momentum;
-        self
-    }
-    pub fn centered(mut self, centered: bool) -> Self {
-        self.centered = centered;
-        self
-    }
-    pub fn maximize(mut self, maximize: bool) -> Self {
-        self.maximize = maximize;
-        self
-    }
-}
+option_setters!(RmsPropOptions, RmsProp; lr: f64, alpha: f64, eps: f64, weight_decay: f64, momentum: f64, centered: bool, maximize: bool);
 
 impl UpdateRule for RmsPropOptions {
     fn name(&self) -> &'static str {
@@ -164,35 +135,6 @@ impl RmsProp {
         RmsProp {
             core: Core::new(params, options),
         }
-    }
-
-    pub fn lr(mut self, lr: f64) -> RmsProp {
-        self.core.map_options(|o| o.lr = lr);
-        self
-    }
-    pub fn alpha(mut self, alpha: f64) -> RmsProp {
-        self.core.map_options(|o| o.alpha = alpha);
-        self
-    }
-    pub fn eps(mut self, eps: f64) -> RmsProp {
-        self.core.map_options(|o| o.eps = eps);
-        self
-    }
-    pub fn weight_decay(mut self, weight_decay: f64) -> RmsProp {
-        self.core.map_options(|o| o.weight_decay = weight_decay);
-        self
-    }
-    pub fn momentum(mut self, momentum: f64) -> RmsProp {
-        self.core.map_options(|o| o.momentum = momentum);
-        self
-    }
-    pub fn centered(mut self, centered: bool) -> RmsProp {
-        self.core.map_options(|o| o.centered = centered);
-        self
-    }
-    pub fn maximize(mut self, maximize: bool) -> RmsProp {
-        self.core.map_options(|o| o.maximize = maximize);
-        self
     }
 }
 

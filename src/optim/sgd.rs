@@ -29,32 +29,8 @@ impl Default for SgdOptions {
     }
 }
 
-impl SgdOptions {
-    pub fn lr(mut self, lr: f64) -> Self {
-        self.lr = lr;
-        self
-    }
-    pub fn momentum(mut self, momentum: f64) -> Self {
-        self.momentum = momentum;
-        self
-    }
-    pub fn dampening(mut self, dampening: f64) -> Self {
-        self.dampening = dampening;
-        self
-    }
-    pub fn weight_decay(mut self, weight_decay: f64) -> Self {
-        self.weight_decay = weight_decay;
-        self
-    }
-    pub fn nesterov(mut self, nesterov: bool) -> Self {
-        self.nesterov = nesterov;
-        self
-    }
-    pub fn maximize(mut self, maximize: bool) -> Self {
-        self.maximize = maximize;
-        self
-    }
-}
+option_setters!(SgdOptions, Sgd; momentum: f64, dampening: f64, weight_decay: f64, nesterov: bool, maximize: bool);
+option_setters!(SgdOptions; lr: f64);
 
 impl UpdateRule for SgdOptions {
     fn name(&self) -> &'static str {
@@ -169,27 +145,6 @@ impl Sgd {
         Sgd {
             core: Core::new(params, options),
         }
-    }
-
-    pub fn momentum(mut self, momentum: f64) -> Sgd {
-        self.core.map_options(|o| o.momentum = momentum);
-        self
-    }
-    pub fn dampening(mut self, dampening: f64) -> Sgd {
-        self.core.map_options(|o| o.dampening = dampening);
-        self
-    }
-    pub fn weight_decay(mut self, weight_decay: f64) -> Sgd {
-        self.core.map_options(|o| o.weight_decay = weight_decay);
-        self
-    }
-    pub fn nesterov(mut self, nesterov: bool) -> Sgd {
-        self.core.map_options(|o| o.nesterov = nesterov);
-        self
-    }
-    pub fn maximize(mut self, maximize: bool) -> Sgd {
-        self.core.map_options(|o| o.maximize = maximize);
-        self
     }
 }
 
